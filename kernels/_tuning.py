@@ -1,0 +1,86 @@
+"""Config selection for bitsweep kernels: timed once per shape on CUDA, fixed under the interpreter.
+
+``tuned(name, key, fixed, candidates, launch)`` returns a config dict. Under
+TRITON_INTERPRET=1 or without CUDA it returns ``fixed`` (the interpreter cannot
+time anything). On CUDA it times every candidate with
+``triton.testing.do_bench`` (median, L2 flushed), keeps the fastest, and caches
+it in memory and in a JSON file (``BITSWEEP_KERNEL_CACHE``, default
+``~/.cache/bitsweep/kernel_configs.json``; set it to an empty string to disable).
+Never call it for the first time inside CUDA-graph capture: warm up first.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import pathlib
+from typing import Callable
+
+import torch
+import triton
+
+log = logging.getLogger(__name__)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _cache_path() -> pathlib.Path | None:
+    raw = os.environ.get("BITSWEEP_KERNEL_CACHE")
+    if raw == "":
+        return None
+    return pathlib.Path(raw) if raw else pathlib.Path.home() / ".cache" / "bitsweep" / "kernel_configs.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _cache() -> dict:
+    path = _cache_path()
+    if path is not None and path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("ignoring unreadable kernel config cache %s: %s", path, err)
+    return {}
+
+
+def _save() -> None:
+    path = _cache_path()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_cache(), indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as err:
+        log.warning("cannot write kernel config cache %s: %s", path, err)
+
+
+def tuned(name: str, key: tuple, fixed: dict, candidates: list[dict],
+          launch: Callable[[dict], object]) -> dict:
+    """The best config for (name, key) among candidates; ``fixed`` when nothing can be timed."""
+    if interpreting() or not torch.cuda.is_available():
+        return fixed
+    full = f"{name}|{torch.cuda.get_device_name()}|triton{triton.__version__}|" + "|".join(map(str, key))
+    cache = _cache()
+    if full in cache:
+        return cache[full]
+    best, best_ms = None, float("inf")
+    for cfg in candidates:
+        try:
+            ms = triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+        except (triton.runtime.errors.OutOfResources, triton.compiler.errors.CompilationError,
+                RuntimeError) as err:
+            log.debug("config %s failed for %s: %s", cfg, full, err)
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    if best is None:
+        log.warning("no candidate config ran for %s; using the fixed config", full)
+        best = fixed
+    log.info("tuned %s -> %s (%.2f us)", full, best, best_ms * 1e3)
+    cache[full] = best
+    _save()
+    return best

@@ -1,0 +1,367 @@
+"""Weight-only quantized linear (W2/W3/W4/W8, fp16/bf16/fp32 activations): y = x @ w_hat.T + b.
+
+Three Triton kernels over the packed layout of kernels/packing.py, chosen by M:
+
+* ``M <= GEMV_MAX_M``: GEMV, one program per (BLOCK_N rows, K split, token).
+  The M=1 path is memory-bound: 16-byte loads of BLOCK_W int32 words per row,
+  dequant+dot in packed half2 PTX (kernels/_asm.py, bits 2/3/4 on CUDA) or
+  plain integer ops (8-bit, the interpreter), the per-group scale applied
+  once per word (or once per tile when a tile sits inside one group) and the
+  zero folded as ``- szero * sum(x)``. SPLIT_K > 1 adds fp32 partial sums
+  with atomics (chosen when N / BLOCK_N cannot fill the GPU).
+* otherwise: tiled tensor-core GEMM, dequantizing a [BLOCK_N, BLOCK_K] tile to
+  the activation dtype in registers, then ``tl.dot``; SPLIT_K for small M.
+
+Configs: on CUDA each (kernel, shape, bits, group, dtype) is tuned once per
+process by timing the candidates (``triton.testing.do_bench``), results are
+cached in memory and in a JSON file (``BITSWEEP_KERNEL_CACHE``, default
+~/.cache/bitsweep/kernel_configs.json). Under TRITON_INTERPRET=1 (no timing
+possible) a fixed config is used, so CPU tests run the same kernels.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _asm
+from kernels._tuning import interpreting, tuned
+from kernels.packing import PackedWeight, values_per_word
+
+log = logging.getLogger(__name__)
+
+GEMV_MAX_M = 4
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class KernelInputError(ValueError):
+    """Inputs a kernel cannot take (dtype, shape, device), raised before launch."""
+
+
+# ----------------------------------------------------------------------------- GEMV
+@triton.jit
+def _xpair(x32_ptr, xoff, kb, wig, j: tl.constexpr, GROUP: tl.constexpr, P: tl.constexpr, wmask):
+    """x pair j of each word as an int32 (half2 bits); 0 for padded slots."""
+    valid = wmask & (wig * P + 2 * j < GROUP)
+    return tl.load(x32_ptr + xoff + kb // 2 + j, mask=valid, other=0)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, x32_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
+                 N, K, KW, G, WPS, stride_xm, stride_om,
+                 BITS: tl.constexpr, GROUP: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr,
+                 USE_ASM: tl.constexpr, DOT_ASM: tl.constexpr, SUM_ASM: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    w_start = pid_k * WPS
+    w_end = tl.minimum(w_start + WPS, KW)
+    acc = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+    zacc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    xoff = m * (stride_xm // 2)
+    for w0 in tl.range(w_start, w_end, BLOCK_W, num_stages=NUM_STAGES):
+        wcol = w0 + tl.arange(0, BLOCK_W)
+        wmask = wcol < w_end
+        q = tl.load(qw_ptr + rows[:, None] * KW + wcol[None, :],
+                    mask=rmask[:, None] & wmask[None, :], other=0)  # int32 [BN, BW]
+        grp = wcol // WPG
+        wig = wcol % WPG
+        kb = grp * GROUP + wig * P  # first input column of each word [BW]
+        if USE_ASM:
+            p, xs = _gemv_tile_asm(q, x32_ptr, xoff, kb, wig, wmask, BITS, GROUP, P, DOT_ASM, SUM_ASM)
+        else:
+            p, xs = _gemv_tile_plain(q, x_ptr, m * stride_xm, kb, wig, wmask, K, BITS, GROUP, P)
+        if WPG % BLOCK_W == 0:  # the whole tile lies in one group: per-row scale
+            g0 = w0 // WPG
+            s = tl.load(s_ptr + rows * G + g0, mask=rmask, other=0).to(tl.float32)
+            sz = tl.load(sz_ptr + rows * G + g0, mask=rmask, other=0).to(tl.float32)
+            acc += p * s[:, None]
+            zacc += sz * tl.sum(xs, axis=0)
+        else:
+            gmask = rmask[:, None] & wmask[None, :]
+            soff = rows[:, None] * G + grp[None, :]
+            s = tl.load(s_ptr + soff, mask=gmask, other=0).to(tl.float32)
+            sz = tl.load(sz_ptr + soff, mask=gmask, other=0).to(tl.float32)
+            acc += p * s - sz * xs[None, :]
+    y = tl.sum(acc, axis=1) - zacc
+    if HAS_BIAS:
+        if pid_k == 0:
+            y += tl.load(bias_ptr + rows, mask=rmask, other=0).to(tl.float32)
+    optr = out_ptr + m * stride_om + rows
+    if SPLIT_K == 1:
+        tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.atomic_add(optr, y, mask=rmask, sem="relaxed")
+
+
+@triton.jit
+def _gemv_tile_plain(q, x_ptr, xrow, kb, wig, wmask, K, BITS: tl.constexpr, GROUP: tl.constexpr,
+                     P: tl.constexpr):
+    """Integer-op dequant + dot for one [BN, BW] word tile -> (partial [BN, BW], sum x [BW])."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    CENTER: tl.constexpr = 1 << (BITS - 1)
+    p = tl.zeros(q.shape, dtype=tl.float32)
+    xs = tl.zeros([q.shape[1]], dtype=tl.float32)
+    for j in tl.static_range(P // 2):
+        k0 = kb + 2 * j
+        v0 = wmask & (wig * P + 2 * j < GROUP) & (k0 < K)
+        v1 = wmask & (wig * P + 2 * j + 1 < GROUP) & (k0 + 1 < K)
+        x0 = tl.load(x_ptr + xrow + k0, mask=v0, other=0).to(tl.float32)
+        x1 = tl.load(x_ptr + xrow + k0 + 1, mask=v1, other=0).to(tl.float32)
+        c0 = ((q >> (BITS * j)) & MASK) - CENTER
+        c1 = ((q >> (16 + BITS * j)) & MASK) - CENTER
+        p += c0.to(tl.float32) * x0[None, :] + c1.to(tl.float32) * x1[None, :]
+        xs += x0 + x1
+    return p, xs
+
+
+@triton.jit
+def _gemv_tile_asm(q, x32_ptr, xoff, kb, wig, wmask, BITS: tl.constexpr, GROUP: tl.constexpr,
+                   P: tl.constexpr, DOT_ASM: tl.constexpr, SUM_ASM: tl.constexpr):
+    """Packed-half2 PTX dequant + dot (bits 2/3/4) -> (partial [BN, BW], sum x [BW])."""
+    a0 = _xpair(x32_ptr, xoff, kb, wig, 0, GROUP, P, wmask)
+    a1 = _xpair(x32_ptr, xoff, kb, wig, 1, GROUP, P, wmask)
+    if BITS == 4:
+        a2 = _xpair(x32_ptr, xoff, kb, wig, 2, GROUP, P, wmask)
+        a3 = _xpair(x32_ptr, xoff, kb, wig, 3, GROUP, P, wmask)
+        p = tl.inline_asm_elementwise(DOT_ASM, "=r,r,r,r,r,r",
+                                      [q, a0[None, :], a1[None, :], a2[None, :], a3[None, :]],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        xs = tl.inline_asm_elementwise(SUM_ASM, "=r,r,r,r,r", [a0, a1, a2, a3],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    elif BITS == 3:
+        a2 = _xpair(x32_ptr, xoff, kb, wig, 2, GROUP, P, wmask)
+        a3 = _xpair(x32_ptr, xoff, kb, wig, 3, GROUP, P, wmask)
+        a4 = _xpair(x32_ptr, xoff, kb, wig, 4, GROUP, P, wmask)
+        p = tl.inline_asm_elementwise(DOT_ASM, "=r,r,r,r,r,r,r",
+                                      [q, a0[None, :], a1[None, :], a2[None, :], a3[None, :], a4[None, :]],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        xs = tl.inline_asm_elementwise(SUM_ASM, "=r,r,r,r,r,r", [a0, a1, a2, a3, a4],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        a2 = _xpair(x32_ptr, xoff, kb, wig, 2, GROUP, P, wmask)
+        a3 = _xpair(x32_ptr, xoff, kb, wig, 3, GROUP, P, wmask)
+        a4 = _xpair(x32_ptr, xoff, kb, wig, 4, GROUP, P, wmask)
+        a5 = _xpair(x32_ptr, xoff, kb, wig, 5, GROUP, P, wmask)
+        a6 = _xpair(x32_ptr, xoff, kb, wig, 6, GROUP, P, wmask)
+        a7 = _xpair(x32_ptr, xoff, kb, wig, 7, GROUP, P, wmask)
+        p = tl.inline_asm_elementwise(DOT_ASM, "=r,r,r,r,r,r,r,r,r,r",
+                                      [q, a0[None, :], a1[None, :], a2[None, :], a3[None, :],
+                                       a4[None, :], a5[None, :], a6[None, :], a7[None, :]],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        xs = tl.inline_asm_elementwise(SUM_ASM, "=r,r,r,r,r,r,r,r,r", [a0, a1, a2, a3, a4, a5, a6, a7],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    return p, xs
+
+
+# ----------------------------------------------------------------------------- GEMM
+@triton.jit
+def _gemm_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
+                 M, N, K, KW, G, WPS, stride_xm, stride_om,
+                 BITS: tl.constexpr, GROUP: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr,
+                 PP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr):
+    MASK: tl.constexpr = (1 << BITS) - 1
+    CENTER: tl.constexpr = 1 << (BITS - 1)
+    DENSE: tl.constexpr = (P == PP) and (GROUP % P == 0)  # no padded slots: contiguous K tile
+    BLOCK_K: tl.constexpr = BLOCK_W * PP
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * n_n
+    first_m = (pid // width) * GROUP_M
+    gm = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gm
+    pid_n = (pid % width) // gm
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask = rm < M
+    nmask = rn < N
+    slots = tl.arange(0, PP)
+    shifts = (slots % 2) * 16 + BITS * (slots // 2)  # [PP]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    w_start = pid_k * WPS
+    w_end = tl.minimum(w_start + WPS, KW)
+    for w0 in tl.range(w_start, w_end, BLOCK_W, num_stages=NUM_STAGES):
+        wcol = w0 + tl.arange(0, BLOCK_W)
+        wmask = wcol < w_end
+        q = tl.load(qw_ptr + rn[:, None] * KW + wcol[None, :],
+                    mask=nmask[:, None] & wmask[None, :], other=0)  # [BN, BW]
+        c = ((q[:, :, None] >> shifts[None, None, :]) & MASK) - CENTER  # [BN, BW, PP]
+        grp = wcol // WPG
+        wig = wcol % WPG
+        if WPG % BLOCK_W == 0:
+            g0 = w0 // WPG
+            s = tl.load(s_ptr + rn * G + g0, mask=nmask, other=0).to(tl.float32)
+            sz = tl.load(sz_ptr + rn * G + g0, mask=nmask, other=0).to(tl.float32)
+            w = c.to(tl.float32) * s[:, None, None] - sz[:, None, None]
+        else:
+            soff = rn[:, None] * G + grp[None, :]
+            smask = nmask[:, None] & wmask[None, :]
+            s = tl.load(s_ptr + soff, mask=smask, other=0).to(tl.float32)
+            sz = tl.load(sz_ptr + soff, mask=smask, other=0).to(tl.float32)
+            w = c.to(tl.float32) * s[:, :, None] - sz[:, :, None]
+        w = tl.reshape(w, [BLOCK_N, BLOCK_K]).to(x_ptr.dtype.element_ty)
+        if DENSE:
+            kk = w0 * P + tl.arange(0, BLOCK_K)
+            kvalid = kk < w_end * P
+        else:
+            kk2 = (grp * GROUP + wig * P)[:, None] + slots[None, :]  # [BW, PP]
+            kv2 = wmask[:, None] & (slots[None, :] < P) & ((wig * P)[:, None] + slots[None, :] < GROUP)
+            kk = tl.reshape(kk2, [BLOCK_K])
+            kvalid = tl.reshape(kv2, [BLOCK_K]) & (kk < K)
+        xt = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
+                     mask=mmask[:, None] & kvalid[None, :], other=0)  # [BM, BK]
+        acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32)
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + rn, mask=nmask, other=0).to(tl.float32)[None, :]
+    optr = out_ptr + rm[:, None] * stride_om + rn[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if SPLIT_K == 1:
+        tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        tl.atomic_add(optr, acc, mask=omask, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------- host side
+def check_inputs(x: torch.Tensor, pw: PackedWeight) -> None:
+    """Raise KernelInputError naming the broken constraint (before any launch)."""
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise KernelInputError(f"activation dtype {x.dtype} is not supported; valid: {SUPPORTED_DTYPES}")
+    if x.shape[-1] != pw.in_features:
+        raise KernelInputError(f"x has K={x.shape[-1]} columns but the weight has in_features={pw.in_features}")
+    if x.device != pw.qweight.device:
+        raise KernelInputError(f"x is on {x.device} but the packed weight is on {pw.qweight.device}")
+
+
+def _pow2_ceil(v: int) -> int:
+    return 1 << (v - 1).bit_length()
+
+
+def _gemv_candidates(n: int, kw: int, wpg: int) -> list[dict]:
+    out = []
+    for bn in (8, 16, 32):
+        for bw in (16, 32):
+            for warps in (4,):
+                for split in (1, 2, 4):
+                    if split > 1 and n // bn >= 2 * 132:
+                        continue
+                    if kw < bw * split:
+                        continue
+                    out.append(dict(BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split, num_warps=warps, NUM_STAGES=3))
+    return out or [_gemv_fixed()]
+
+
+def _gemv_fixed() -> dict:
+    return dict(BLOCK_N=16, BLOCK_W=16, SPLIT_K=1, num_warps=4, NUM_STAGES=2)
+
+
+def _gemm_candidates(m: int, n: int, kw: int) -> list[dict]:
+    out = []
+    tiles_big = [(128, 128, 8), (128, 256, 8), (64, 128, 4), (64, 256, 8)]
+    tiles_small = [(16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 4), (16, 256, 8)]
+    for bm, bn, warps in (tiles_small if m <= 64 else tiles_big + [(32, 128, 4)]):
+        for bw in (4, 8):
+            for stages in (3,):
+                tiles = -(-m // bm) * -(-n // bn)
+                splits = (1,) if tiles >= 132 else (1, 4)
+                for split in splits:
+                    if kw < bw * split:
+                        continue
+                    out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split,
+                                    num_warps=warps, NUM_STAGES=stages, GROUP_M=8))
+    return out or [_gemm_fixed(m)]
+
+
+def _gemm_fixed(m: int) -> dict:
+    return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_W=4, SPLIT_K=1, num_warps=4, NUM_STAGES=1, GROUP_M=4)
+
+
+def _launch_gemv(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict,
+                 use_asm: bool) -> torch.Tensor:
+    m, k = x2.shape
+    n, kw = pw.qweight.shape
+    bn, bw, split = cfg["BLOCK_N"], cfg["BLOCK_W"], cfg["SPLIT_K"]
+    wps = -(-(-(-kw // split)) // bw) * bw  # words per split, a multiple of BLOCK_W
+    split = -(-kw // wps)
+    out_dtype = torch.float32 if split > 1 else x2.dtype
+    out = (torch.zeros if split > 1 else torch.empty)((m, n), device=x2.device, dtype=out_dtype)
+    x32 = x2.view(torch.int32) if use_asm else x2
+    bf16 = x2.dtype == torch.bfloat16
+    grid = (triton.cdiv(n, bn), split, m)
+    _gemv_kernel[grid](
+        x2, x32, pw.qweight, pw.scale, pw.szero, out, bias if bias is not None else out,
+        n, k, kw, pw.num_groups, wps, x2.stride(0), out.stride(0),
+        BITS=pw.bits, GROUP=pw.group_size, WPG=pw.words_per_group, P=values_per_word(pw.bits),
+        BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split, USE_ASM=use_asm,
+        DOT_ASM=_asm.dot_word_asm(pw.bits, bf16) if use_asm else "",
+        SUM_ASM=_asm.sum_pairs_asm(16 // pw.bits, bf16) if use_asm else "",
+        HAS_BIAS=bias is not None, NUM_STAGES=cfg["NUM_STAGES"], num_warps=cfg["num_warps"])
+    return out.to(x2.dtype) if split > 1 else out
+
+
+def _launch_gemm(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+    m, k = x2.shape
+    n, kw = pw.qweight.shape
+    bm, bn, bw, split = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_W"], cfg["SPLIT_K"]
+    wps = -(-(-(-kw // split)) // bw) * bw
+    split = -(-kw // wps)
+    out_dtype = torch.float32 if split > 1 else x2.dtype
+    out = (torch.zeros if split > 1 else torch.empty)((m, n), device=x2.device, dtype=out_dtype)
+    p = values_per_word(pw.bits)
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn), split)
+    _gemm_kernel[grid](
+        x2, pw.qweight, pw.scale, pw.szero, out, bias if bias is not None else out,
+        m, n, k, kw, pw.num_groups, wps, x2.stride(0), out.stride(0),
+        BITS=pw.bits, GROUP=pw.group_size, WPG=pw.words_per_group, P=p, PP=_pow2_ceil(p),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split, GROUP_M=cfg["GROUP_M"],
+        HAS_BIAS=bias is not None, NUM_STAGES=cfg["NUM_STAGES"], num_warps=cfg["num_warps"])
+    return out.to(x2.dtype) if split > 1 else out
+
+
+def _asm_ok(x2: torch.Tensor, pw: PackedWeight) -> bool:
+    return (not interpreting() and x2.is_cuda and pw.bits in _asm.ASM_BITS
+            and x2.dtype in (torch.float16, torch.bfloat16) and pw.in_features % 2 == 0)
+
+
+def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None,
+                       config: dict | None = None, path: str | None = None) -> torch.Tensor:
+    """y = x @ dequant(pw).T + bias for x [..., K]; dispatch GEMV (M <= 4) / GEMM by M.
+
+    ``path`` forces "gemv", "gemv_plain" or "gemm"; ``config`` forces a kernel config.
+    """
+    check_inputs(x, pw)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, pw.in_features)
+    if x2.stride(-1) != 1 or x2.stride(0) != pw.in_features:
+        x2 = x2.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
+    m = x2.shape[0]
+    path = path or ("gemv" if m <= GEMV_MAX_M else "gemm")
+    if m == 0:
+        return x.new_zeros(*lead, pw.out_features)
+    key = (m, pw.out_features, pw.in_features, pw.bits, pw.group_size, str(x2.dtype))
+    if path in ("gemv", "gemv_plain"):
+        use_asm = path == "gemv" and _asm_ok(x2, pw)
+        cfg = config or tuned(f"gemv{'_asm' if use_asm else ''}", key, _gemv_fixed(),
+                              _gemv_candidates(pw.out_features, pw.qweight.shape[1], pw.words_per_group),
+                              lambda c: _launch_gemv(x2, pw, bias, c, use_asm))
+        y = _launch_gemv(x2, pw, bias, cfg, use_asm)
+    elif path == "gemm":
+        cfg = config or tuned("gemm", key, _gemm_fixed(m),
+                              _gemm_candidates(m, pw.out_features, pw.qweight.shape[1]),
+                              lambda c: _launch_gemm(x2, pw, bias, c))
+        y = _launch_gemm(x2, pw, bias, cfg)
+    else:
+        raise KernelInputError(f"path={path!r} is not valid; valid: 'gemv', 'gemv_plain', 'gemm'")
+    return y.view(*lead, pw.out_features)
