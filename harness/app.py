@@ -57,7 +57,11 @@ def task(cfg: DictConfig) -> int:
         log.info("[%s] %s %s %s %s %s", state, r.get("model"), r.get("method"), r.get("quant_label"),
                  r.get("evaluator"), vals or r.get("error") or "")
     if failed and not multirun:
-        print(f"bitsweep: run failed: {failed[0].get('error')}", file=sys.stderr)
+        err = str(failed[0].get("error"))
+        if err.startswith("ConfigError: "):  # a user mistake found once the model was loaded
+            print(f"bitsweep: error: {err[len('ConfigError: '):]}", file=sys.stderr)
+            sys.exit(2)
+        print(f"bitsweep: run failed (recorded): {err}", file=sys.stderr)
         sys.exit(1)
     return 1 if failed else 0
 

@@ -44,11 +44,18 @@ def _values(raw: str) -> list[str]:
 
 def check_overrides(argv: list[str]) -> str | None:
     """One-line error for an unknown config-group option, else None."""
+    from harness.run import TOP_LEVEL_KEYS
+
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
         key, _, raw = arg.partition("=")
         key = key.lstrip("+~")
+        top = key.split(".")[0]
+        known = set(TOP_LEVEL_KEYS) | set(GROUPS) | {"hydra"}
+        if top not in known:
+            return (f"unknown config key '{top}' ({arg}); valid: {', '.join(sorted(known))}"
+                    + did_you_mean(top, sorted(known)))
         if key not in GROUPS or "(" in raw or raw in ("null", ""):
             continue
         valid = group_options(key)

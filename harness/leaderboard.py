@@ -67,8 +67,9 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     if long.empty:
         return pd.DataFrame(columns=ID_COLS + ["effective_bits"])
     bits = long.groupby(ID_COLS, dropna=False)["effective_bits"].first()
-    val = long.pivot_table(index=ID_COLS, columns="metric", values="value", aggfunc="first", dropna=False)
-    err = long.pivot_table(index=ID_COLS, columns="metric", values="stderr", aggfunc="first", dropna=False)
+    cells = long.groupby(ID_COLS + ["metric"], dropna=False)[["value", "stderr"]].first()
+    val = cells["value"].unstack("metric")
+    err = cells["stderr"].unstack("metric")
     err.columns = [f"{c} stderr" for c in err.columns]
     wide = pd.concat([bits, val, err], axis=1).reset_index()
     wide["effective_bits"] = wide["effective_bits"].astype(float).round(3)
