@@ -97,8 +97,15 @@ class _Stop(Exception):
 
 # ------------------------------------------------------------------ blocks ----
 
+def is_linear(m: nn.Module) -> bool:
+    """nn.Linear or a quantized replacement (``in_features`` + 2-D ``weight``)."""
+    w = getattr(m, "weight", None)
+    return isinstance(m, nn.Linear) or (hasattr(m, "in_features") and isinstance(w, torch.Tensor)
+                                        and w.dim() == 2)
+
+
 def _has_linear(m: nn.Module) -> bool:
-    return any(isinstance(c, nn.Linear) for c in m.modules())
+    return any(is_linear(c) for c in m.modules())
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
