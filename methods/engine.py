@@ -242,3 +242,68 @@ def _discover(block0: nn.Module, cap: Captured, dev: torch.device) -> BlockLayou
         return layout_from_inputs(block0, (x,) + _to(cap.args[0], dev), _to(cap.kwargs[0], dev))
     finally:
         block0.to(home)
+
+
+# ------------------------------------------------------ scale surgery ----
+
+class ScaledLinear(nn.Linear):
+    """y = linear(x / s, W diag(s)): an equivalence-preserving per-input-channel scale
+    that could not be folded into a preceding op, kept on the input (AWQ, SmoothQuant)."""
+
+    def __init__(self, linear: nn.Linear, s: torch.Tensor):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                         device=linear.weight.device, dtype=linear.weight.dtype)
+        self.weight.data = (linear.weight.data.float() * s.float()).to(linear.weight.dtype)
+        if linear.bias is not None:
+            self.bias.data = linear.bias.data.clone()
+        self.register_buffer("input_scale", s.to(linear.weight.dtype).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x / self.input_scale, self.weight, self.bias)
+
+
+class InputScale(nn.Module):
+    """Activation pre-processing of a quantized linear: x / s, then the optional quantizer."""
+
+    def __init__(self, s: torch.Tensor, inner: nn.Module | None = None):
+        super().__init__()
+        self.register_buffer("input_scale", s.clone())
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / self.input_scale
+        return x if self.inner is None else self.inner(x)
+
+
+def scale_inputs(ctx: "BlockContext", group, s: torch.Tensor, names: list[str] | None = None) -> str:
+    """Apply input scale s [K] to a LinearGroup: W <- W diag(s), the producer absorbs 1/s.
+
+    The producer is the group's norm (weight, bias / s) when foldable, else its ``prev``
+    linear (rows / s), else each linear becomes a :class:`ScaledLinear`. Returns which.
+    """
+    names = list(group.linears) if names is None else names
+    s = s.float()
+    if group.norm is not None and group.norm_foldable:
+        norm = ctx.module(group.norm)
+        _div_(norm.weight, s)
+        if getattr(norm, "bias", None) is not None:
+            _div_(norm.bias, s)
+        how = "norm"
+    elif group.prev is not None:
+        prev = ctx.module(group.prev)
+        _div_(prev.weight, s.view(-1, 1))
+        if prev.bias is not None:
+            _div_(prev.bias, s)
+        how = "prev"
+    else:
+        for n in names:
+            ctx.replace(n, ScaledLinear(ctx.module(n), s))
+        return "input"
+    for n in names:
+        w = ctx.module(n).weight
+        w.data = (w.data.float() * s).to(w.dtype)
+    return how
+
+
+def _div_(p: torch.Tensor, s: torch.Tensor) -> None:
+    p.data = (p.data.float() / s).to(p.dtype)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engine import PROPAGATE, BlockContext, run_layerwise
+from .engine import PROPAGATE, BlockContext, InputScale, run_layerwise
 from .formats import get_format
 from .qmodules import ActQuantizer, make_quant_module, quantizable_modules, set_module
 from .quantizers import QuantizedWeight, group_size_for, int_qparams
@@ -280,7 +280,7 @@ def gptq_block(ctx: BlockContext, spec: QuantSpec, cfg, transform=None, name: st
     out = {}
     for names in (g for g in groups if g):
         hs = {n: Hessian(ctx.module(n).in_features, ctx.device) for n in names}
-        ctx.forward({n: (lambda x, y, n=n: hs[n].add(x)) for n in names})
+        ctx.forward({n: (lambda x, y, n=n: hs[n].add(_scaled_input(ctx.module(n), x))) for n in names})
         for n in names:
             mod = ctx.module(n)
             w, wspec = mod.weight.data.float(), spec.weights
@@ -289,13 +289,53 @@ def gptq_block(ctx: BlockContext, spec: QuantSpec, cfg, transform=None, name: st
             res = gptq_quantize(w, hs[n].H, wspec, cfg.damp, cfg.block_size, cfg.act_order,
                                 cfg.static_groups)
             wspec_spec = spec if wspec is spec.weights else QuantSpec(wspec, spec.activations, spec.kv_cache)
-            aq = static_act_quantizer(spec.activations, hs[n].amax)
+            aq = with_input_scale(mod, static_act_quantizer(spec.activations, hs[n].amax))
             new = make_quant_module(mod, wspec_spec, w_hat=res.w_hat, qweight=res.qweight, act_quant=aq)
             ctx.replace(n, new)
             out[n] = res
             del hs[n]
         log.debug("%s block %d: %s", name, ctx.index, ", ".join(f"{n}={out[n].loss:.3g}" for n in names))
     return out
+
+
+def _scaled_input(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input the weight really sees (a ScaledLinear divides by its input scale first)."""
+    s = getattr(mod, "input_scale", None)
+    return x if s is None else x / s
+
+
+def with_input_scale(mod: nn.Module, aq: nn.Module | None) -> nn.Module | None:
+    """Keep a ScaledLinear's input scale in the quantized module's activation path."""
+    s = getattr(mod, "input_scale", None)
+    return aq if s is None else InputScale(s, aq)
+
+
+def round_block(ctx: BlockContext, spec: QuantSpec, base: str, name: str) -> None:
+    """Final rounding of a block's admitted linears: ``base`` = rtn | gptq (GPTQ defaults)."""
+    if base == "gptq":
+        gptq_block(ctx, spec, GPTQConfig(), name=name)
+        return
+    names = [n for n in ctx.layout.linears if spec.applies_to(ctx.full_name(n))]
+    amax = {}
+    if spec.activations is not None and not spec.activations.dynamic:
+        def track(n, x):
+            cur = _scaled_input(ctx.module(n), x).abs().max()
+            amax[n] = torch.maximum(amax.get(n, cur), cur)
+        ctx.forward({n: (lambda x, y, n=n: track(n, x)) for n in names})
+    for n in names:
+        mod = ctx.module(n)
+        aq = with_input_scale(mod, static_act_quantizer(spec.activations, amax.get(n)))
+        ctx.replace(n, make_quant_module(mod, spec, act_quant=aq))
+
+
+BASES = ("rtn", "gptq")
+
+
+def validate_base(method: str, base: str, spec: QuantSpec) -> None:
+    if base not in BASES:
+        raise ConfigError(f"method '{method}': base={base!r}; valid: {', '.join(BASES)}")
+    if base == "gptq":
+        validate_gptq_fields(GPTQConfig(), spec, f"{method} (base=gptq)")
 
 
 def rtn_outside_blocks(model: nn.Module, spec: QuantSpec, prefix: str) -> int:
