@@ -6,6 +6,7 @@ time anything). On CUDA it times every candidate with
 ``triton.testing.do_bench`` (median, L2 flushed), keeps the fastest, and caches
 it in memory and in a JSON file (``BITSWEEP_KERNEL_CACHE``, default
 ``~/.cache/bitsweep/kernel_configs.json``; set it to an empty string to disable).
+BITSWEEP_TUNE=0 skips timing and uses a heuristic default.
 Never call it for the first time inside CUDA-graph capture: warm up first.
 """
 from __future__ import annotations
@@ -58,15 +59,25 @@ def _save() -> None:
         log.warning("cannot write kernel config cache %s: %s", path, err)
 
 
-def tuned(name: str, key: tuple, fixed: dict, candidates: list[dict],
+def tuning_enabled() -> bool:
+    return os.environ.get("BITSWEEP_TUNE", "1") not in ("", "0")
+
+
+def tuned(name: str, key: tuple, fixed: dict, default: dict, candidates: list[dict],
           launch: Callable[[dict], object]) -> dict:
-    """The best config for (name, key) among candidates; ``fixed`` when nothing can be timed."""
+    """The best config for (name, key) among candidates.
+
+    ``fixed`` under the interpreter; ``default`` (a heuristic) on CUDA when
+    BITSWEEP_TUNE=0 and nothing is cached.
+    """
     if interpreting() or not torch.cuda.is_available():
         return fixed
     full = f"{name}|{torch.cuda.get_device_name()}|triton{triton.__version__}|" + "|".join(map(str, key))
     cache = _cache()
     if full in cache:
         return cache[full]
+    if not tuning_enabled():
+        return default
     best, best_ms = None, float("inf")
     for cfg in candidates:
         try:

@@ -106,12 +106,17 @@ def _mm_fixed() -> dict:
 
 
 def _mm_candidates(m: int) -> list[dict]:
-    tiles = [(128, 256, 128, 8), (128, 128, 128, 8), (128, 256, 64, 8), (128, 128, 64, 4),
-             (64, 128, 128, 4), (256, 128, 128, 8)]
+    tiles = [(128, 256, 128, 8), (128, 128, 128, 8), (128, 256, 64, 8), (256, 128, 128, 8)]
     if m <= 64:
         tiles = [(16, 64, 128, 4), (32, 64, 128, 4), (64, 64, 128, 4), (64, 128, 128, 4)]
     return [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_STAGES=st, num_warps=w)
             for bm, bn, bk, w in tiles for st in (3, 4)]
+
+
+def _mm_default(m: int) -> dict:
+    if m <= 64:
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, NUM_STAGES=4, num_warps=4)
+    return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, NUM_STAGES=3, num_warps=8)
 
 
 def _check_mm(xq, x_scale, wq, w_scale, out_dtype) -> str:
@@ -150,7 +155,7 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
         return out
 
     key = (m if m <= 64 else triton.next_power_of_2(m), n, k, fmt, str(out_dtype))
-    cfg = config or tuned(f"scaled_mm_{fmt}", key, _mm_fixed(), _mm_candidates(m), launch)
+    cfg = config or tuned(f"scaled_mm_{fmt}", key, _mm_fixed(), _mm_default(m), _mm_candidates(m), launch)
     return launch(cfg)
 
 

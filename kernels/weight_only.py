@@ -167,7 +167,7 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
                  BITS: tl.constexpr, GROUP: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr,
                  PP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, IEEE: tl.constexpr):
     MASK: tl.constexpr = (1 << BITS) - 1
     CENTER: tl.constexpr = 1 << (BITS - 1)
     DENSE: tl.constexpr = (P == PP) and (GROUP % P == 0)  # no padded slots: contiguous K tile
@@ -220,7 +220,10 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
             kvalid = tl.reshape(kv2, [BLOCK_K]) & (kk < K)
         xt = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
                      mask=mmask[:, None] & kvalid[None, :], other=0)  # [BM, BK]
-        acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32)
+        if IEEE:
+            acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32, input_precision="ieee")
+        else:
+            acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32)
     if HAS_BIAS:
         if pid_k == 0:
             acc += tl.load(bias_ptr + rn, mask=nmask, other=0).to(tl.float32)[None, :]
@@ -248,42 +251,41 @@ def _pow2_ceil(v: int) -> int:
 
 
 def _gemv_candidates(n: int, kw: int, wpg: int) -> list[dict]:
-    out = []
-    for bn in (8, 16, 32):
-        for bw in (16, 32):
-            for warps in (4,):
-                for split in (1, 2, 4):
-                    if split > 1 and n // bn >= 2 * 132:
-                        continue
-                    if kw < bw * split:
-                        continue
-                    out.append(dict(BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split, num_warps=warps, NUM_STAGES=3))
-    return out or [_gemv_fixed()]
+    out = [dict(BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=sp, num_warps=4, NUM_STAGES=3)
+           for bn, bw, sp in ((8, 16, 1), (8, 32, 1), (16, 32, 1), (16, 16, 1), (32, 16, 1), (8, 32, 4))]
+    return [c for c in out if kw >= c["BLOCK_W"] * c["SPLIT_K"]] or [_gemv_fixed()]
 
 
 def _gemv_fixed() -> dict:
     return dict(BLOCK_N=16, BLOCK_W=16, SPLIT_K=1, num_warps=4, NUM_STAGES=2)
 
 
+def _gemv_default(n: int, kw: int) -> dict:
+    """Untuned CUDA default: enough programs to fill 132 SMs several times."""
+    split = 4 if n < 2048 and kw >= 4 * 32 else 1
+    return dict(BLOCK_N=8, BLOCK_W=32 if kw >= 32 else 16, SPLIT_K=split, num_warps=4, NUM_STAGES=3)
+
+
 def _gemm_candidates(m: int, n: int, kw: int) -> list[dict]:
-    out = []
-    tiles_big = [(128, 128, 8), (128, 256, 8), (64, 128, 4), (64, 256, 8)]
-    tiles_small = [(16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 4), (16, 256, 8)]
-    for bm, bn, warps in (tiles_small if m <= 64 else tiles_big + [(32, 128, 4)]):
-        for bw in (4, 8):
-            for stages in (3,):
-                tiles = -(-m // bm) * -(-n // bn)
-                splits = (1,) if tiles >= 132 else (1, 4)
-                for split in splits:
-                    if kw < bw * split:
-                        continue
-                    out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split,
-                                    num_warps=warps, NUM_STAGES=stages, GROUP_M=8))
-    return out or [_gemm_fixed(m)]
+    if m <= 64:
+        tiles = [(16, 64, 8, 4, 1), (16, 128, 8, 4, 1), (16, 64, 8, 4, 4), (32, 128, 4, 4, 4)]
+    else:
+        tiles = [(128, 128, 8, 8, 1), (128, 256, 4, 8, 1), (64, 128, 8, 4, 1), (128, 128, 4, 4, 1)]
+    out = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=sp, num_warps=w, NUM_STAGES=3, GROUP_M=8)
+           for bm, bn, bw, w, sp in tiles]
+    return [c for c in out if kw >= c["BLOCK_W"] * c["SPLIT_K"]] or [_gemm_fixed(m)]
 
 
 def _gemm_fixed(m: int) -> dict:
     return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_W=4, SPLIT_K=1, num_warps=4, NUM_STAGES=1, GROUP_M=4)
+
+
+def _gemm_default(m: int, n: int, kw: int) -> dict:
+    if m <= 64:
+        split = 4 if (n // 64) < 132 and kw >= 32 else 1
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_W=8 if kw >= 8 * split else 4, SPLIT_K=split,
+                    num_warps=4, NUM_STAGES=3, GROUP_M=8)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_W=8, SPLIT_K=1, num_warps=8, NUM_STAGES=3, GROUP_M=8)
 
 
 def _launch_gemv(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict,
@@ -324,7 +326,8 @@ def _launch_gemm(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, 
         m, n, k, kw, pw.num_groups, wps, x2.stride(0), out.stride(0),
         BITS=pw.bits, GROUP=pw.group_size, WPG=pw.words_per_group, P=p, PP=_pow2_ceil(p),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=split, GROUP_M=cfg["GROUP_M"],
-        HAS_BIAS=bias is not None, NUM_STAGES=cfg["NUM_STAGES"], num_warps=cfg["num_warps"])
+        HAS_BIAS=bias is not None, NUM_STAGES=cfg["NUM_STAGES"], num_warps=cfg["num_warps"],
+        IEEE=x2.dtype == torch.float32)
     return out.to(x2.dtype) if split > 1 else out
 
 
@@ -354,11 +357,13 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
     if path in ("gemv", "gemv_plain"):
         use_asm = path == "gemv" and _asm_ok(x2, pw)
         cfg = config or tuned(f"gemv{'_asm' if use_asm else ''}", key, _gemv_fixed(),
+                              _gemv_default(pw.out_features, pw.qweight.shape[1]),
                               _gemv_candidates(pw.out_features, pw.qweight.shape[1], pw.words_per_group),
                               lambda c: _launch_gemv(x2, pw, bias, c, use_asm))
         y = _launch_gemv(x2, pw, bias, cfg, use_asm)
     elif path == "gemm":
         cfg = config or tuned("gemm", key, _gemm_fixed(m),
+                              _gemm_default(m, pw.out_features, pw.qweight.shape[1]),
                               _gemm_candidates(m, pw.out_features, pw.qweight.shape[1]),
                               lambda c: _launch_gemm(x2, pw, bias, c))
         y = _launch_gemm(x2, pw, bias, cfg)
