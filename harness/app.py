@@ -32,9 +32,8 @@ def conf_dir() -> Path:
 
 
 def to_plain(cfg: DictConfig) -> dict:
-    d = OmegaConf.to_container(cfg, resolve=True)
-    d.pop("hydra", None)
-    return d
+    keys = [k for k in cfg.keys() if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
 
 
 def task(cfg: DictConfig) -> int:
