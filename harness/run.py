@@ -33,6 +33,8 @@ from harness.eval.base import EvalContext, Evaluator, build_evaluator
 from harness.models import ModelConfig, load_model, model_config, resolve_device, resolve_dtype
 from harness.results import Store, config_hash, git_info, now_iso, package_versions
 from methods import QuantSpec, build_method
+from methods.kvcache import apply_activation_and_kv, validate_activation_kv
+from methods.kvcache import needs_calibration as kv_needs_calibration
 from methods.qmodules import check_shapes, effective_bits
 from methods.registry import ConfigError, Method, build_dataclass, did_you_mean
 
@@ -87,6 +89,8 @@ def plan_run(cfg: dict) -> RunPlan:
     is_none = method_cfg.get("name") == "none"
     spec = QuantSpec() if is_none else QuantSpec.from_dict(cfg.get("quant"))
     method = build_method(method_cfg, spec)
+    if not is_none:
+        validate_activation_kv(spec)
     data = build_dataclass(DataConfig, cfg.get("data"), "data")
     eval_cfg = {k: dict(v or {}) for k, v in (cfg.get("eval") or {}).items()}
     if not eval_cfg:
@@ -120,7 +124,8 @@ def _identity(plan: RunPlan) -> dict:
         "model": plan.model.identity(),
         "method": asdict(plan.method.config),
         "quant": None if plan.is_baseline else asdict(plan.spec),
-        "data": asdict(plan.data) if plan.method.needs_calibration else None,
+        "data": asdict(plan.data) if (plan.method.needs_calibration
+                                      or kv_needs_calibration(plan.spec)) else None,
         "seed": plan.seed,
         "dtype": str(plan.dtype),
         "real": plan.real and not plan.is_baseline,
@@ -179,7 +184,7 @@ def _quantized_model(plan: RunPlan):
     t0 = time.time()
     check_shapes(model, plan.spec)
     batches = None
-    if plan.method.needs_calibration:
+    if plan.method.needs_calibration or kv_needs_calibration(plan.spec):
         from harness.data import calibration_batches
         from harness.eval.ppl import model_max_length
         seqlen = min(plan.data.seqlen, model_max_length(model) or plan.data.seqlen)
@@ -188,6 +193,8 @@ def _quantized_model(plan: RunPlan):
     plan.method.prepare(model)
     plan.method.calibrate(model, batches)
     model = plan.method.convert(model) or model
+    if not plan.is_baseline:  # activations / KV cache, for every weight method
+        model = apply_activation_and_kv(model, plan.spec, batches)
     qinfo: dict[str, Any] = {"effective_bits": effective_bits(model) if not plan.is_baseline else 16.0}
     if plan.real and not plan.is_baseline:
         from methods.real import to_real

@@ -139,7 +139,7 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec,
     g = group_size_for(spec, tuple(w.shape))
     fmt = get_format(spec.format)
     if not fmt.integer:
-        w_hat = fmt.fake_quantize(w.float(), -1 if spec.granularity == "channel" else g)
+        w_hat = _fake_quantize_format(w.float(), fmt, spec.granularity, g)
         return w_hat.to(w.dtype), QuantizedWeight(None, None, None, spec.bits, g, spec.sym,
                                                   spec.format, spec.granularity)
     if scale is None:
@@ -147,6 +147,18 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec,
     codes = quantize_codes(w, scale, zero, spec.bits, spec.granularity, g)
     qw = QuantizedWeight(codes, scale, zero, spec.bits, g, spec.sym, "int", spec.granularity)
     return qw.dequantize().to(w.dtype), qw
+
+
+def _fake_quantize_format(w: torch.Tensor, fmt, granularity: str, g: int) -> torch.Tensor:
+    """Non-integer formats: absmax scaling per tensor / row / group / input-channel group."""
+    n, k = w.shape
+    if granularity == "tensor":
+        return fmt.fake_quantize(w.reshape(1, n * k), -1).reshape(n, k)
+    if granularity == "channel":
+        return fmt.fake_quantize(w, -1)
+    if granularity == "input_channel":
+        return fmt.fake_quantize(w.t().contiguous(), g).t()
+    return fmt.fake_quantize(w, g)
 
 
 def quantize_activation(x: torch.Tensor, bits: int, sym: bool, granularity: str,
@@ -172,5 +184,7 @@ def quantize_activation(x: torch.Tensor, bits: int, sym: bool, granularity: str,
         lo = xf.amin(dim=dims, keepdim=True) * clip_ratio
         hi = xf.amax(dim=dims, keepdim=True) * clip_ratio
         s, z = minmax_qparams(lo, hi, bits, sym=False)
+        if scale is not None:  # static: a given scale with a symmetric-around-zero range
+            s, z = scale, torch.full_like(scale, float(2 ** (bits - 1)))
         out = (torch.clamp(torch.round(xf / s) + z, 0, 2**bits - 1) - z) * s
     return out.reshape(shape).to(x.dtype)
