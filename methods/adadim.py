@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .engine import PROPAGATE, BlockContext, run_layerwise
-from .gptq import (GPTQConfig, Hessian, _scaled_input, gptq_quantize, require_batches,
+from .gptq import (GPTQConfig, Hessian, base_gptq_config, _scaled_input, gptq_quantize, require_batches,
                    rtn_outside_blocks, static_act_quantizer, validate_base, with_input_scale)
 from .qmodules import make_quant_module
 from .quantizers import quantize_weight
@@ -41,6 +41,7 @@ class AdaDimConfig(MethodConfig):
     name: str = "adadim"
     version: int = 1
     base: str = "rtn"  # rounding of each candidate: rtn | gptq (GPTQ defaults)
+    base_args: dict = field(default_factory=dict)  # GPTQ fields when base=gptq, e.g. {damp: 0.01}
     propagate: str = "quantized"
     device: str = "auto"
     offload_activations: bool = False
@@ -58,7 +59,8 @@ def hessian_error(w: torch.Tensor, w_hat: torch.Tensor, H: torch.Tensor) -> floa
     return float(((d @ H) * d).sum())
 
 
-def choose_grouping(w: torch.Tensor, H: torch.Tensor, spec: WeightSpec, base: str):
+def choose_grouping(w: torch.Tensor, H: torch.Tensor, spec: WeightSpec, base: str,
+                    gptq_cfg: GPTQConfig | None = None):
     """Quantize w [N, K] per-OC and per-IC; return (choice, w_hat, qweight, spec, errors)."""
     cands = {"oc": spec}
     ic = ic_spec(spec)
@@ -67,7 +69,7 @@ def choose_grouping(w: torch.Tensor, H: torch.Tensor, spec: WeightSpec, base: st
     best, errs = None, {}
     for tag, sp in cands.items():
         if base == "gptq":
-            c = GPTQConfig()
+            c = gptq_cfg or GPTQConfig()
             res = gptq_quantize(w, H, sp, c.damp, c.block_size, c.act_order, c.static_groups)
             w_hat, qw = res.w_hat, res.qweight
         else:
@@ -89,7 +91,8 @@ def adadim_block(ctx: BlockContext, spec: QuantSpec, cfg: AdaDimConfig) -> dict[
         ctx.forward({n: (lambda x, y, n=n: hs[n].add(_scaled_input(ctx.module(n), x))) for n in names})
         for n in names:
             mod = ctx.module(n)
-            tag, w_hat, qw, wspec, errs = choose_grouping(mod.weight.data, hs[n].H, spec.weights, cfg.base)
+            tag, w_hat, qw, wspec, errs = choose_grouping(mod.weight.data, hs[n].H, spec.weights, cfg.base,
+                                                              base_gptq_config(cfg.base_args, cfg.name))
             aq = with_input_scale(mod, static_act_quantizer(spec.activations, hs[n].amax))
             new = make_quant_module(mod, dataclasses.replace(spec, weights=wspec), w_hat=w_hat,
                                     qweight=qw, act_quant=aq)
@@ -116,7 +119,7 @@ class AdaDim(Method):
                               "group, channel (the per-output-channel form AdaDim compares against per-IC)")
         if c.propagate not in PROPAGATE:
             raise ConfigError(f"method '{name}': propagate={c.propagate!r}; valid: {', '.join(PROPAGATE)}")
-        validate_base(name, c.base, self.spec)
+        validate_base(name, c.base, self.spec, c.base_args)
 
     def calibrate(self, model, batches) -> None:
         require_batches(self.config.name, batches)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,6 +54,7 @@ class AWQConfig(MethodConfig):
     clip_skip: tuple[str, ...] = ("*q_proj", "*k_proj", "*query_key_value", "*.q", "*.k")
     max_tokens: int = 65536  # tokens (evenly subsampled) used for the scale search
     base: str = "rtn"  # final rounding: rtn | gptq
+    base_args: dict = field(default_factory=dict)  # GPTQ fields when base=gptq, e.g. {damp: 0.01}
     propagate: str = "quantized"  # next block's inputs from the quantized block | fp
     device: str = "auto"
     offload_activations: bool = False
@@ -146,7 +147,7 @@ def awq_block(ctx: BlockContext, spec, cfg: AWQConfig) -> dict:
             x = _subsample(xs[n], cfg.clip_tokens)
             mx = search_clip(x, w.data, spec.weights, cfg.n_grid, cfg.max_shrink)
             w.data = apply_clip(w.data, mx)
-    round_block(ctx, spec, cfg.base, "awq")
+    round_block(ctx, spec, cfg.base, "awq", cfg.base_args)
     log.info("awq block %d: %s", ctx.index, info)
     return info
 
@@ -170,7 +171,7 @@ class AWQ(Method):
                               f"max_shrink={c.max_shrink} in [0, 1)")
         if c.propagate not in PROPAGATE:
             raise ConfigError(f"method '{name}': propagate={c.propagate!r}; valid: {', '.join(PROPAGATE)}")
-        validate_base(name, c.base, self.spec)
+        validate_base(name, c.base, self.spec, c.base_args)
 
     def calibrate(self, model, batches) -> None:
         require_batches(self.config.name, batches)

@@ -18,10 +18,12 @@ Contract
    as GPTQ does) or from the block as it was before processing (``"fp"``);
    move the block back to where it was and free the accelerator.
 
-Peak accelerator memory is one block plus the calibration activations (inputs and
-outputs of one block: ``2 x nsamples x seqlen x hidden`` in the model dtype, or
-half that on the device with ``offload_activations=True``, which keeps them on the
-CPU and streams one batch at a time). ``device``: ``"auto"`` = CUDA when available,
+Peak accelerator memory is one block plus the calibration activations
+(``nsamples x seqlen x hidden`` in the model dtype: with ``propagate="quantized"`` the
+last pass overwrites each batch's input with its output; ``"fp"`` keeps both) plus
+the method's statistics (GPTQ: one K x K Hessian per linear of the current group).
+``offload_activations=True`` keeps the activations on the CPU and streams one batch
+at a time. ``device``: ``"auto"`` = CUDA when available,
 else where the model is; or an explicit torch device string. Works on CPU.
 """
 from __future__ import annotations
@@ -155,8 +157,12 @@ class BlockContext:
         setattr(self.block.get_submodule(parent) if parent else self.block, child, new.to(self.device))
 
     def forward(self, hooks: dict[str, Hook] | None = None, keep_outputs: bool = False,
-                max_batches: int | None = None) -> list[torch.Tensor] | None:
-        """Run the block on the calibration batches; ``hooks[name](x, y)`` sees each linear call."""
+                max_batches: int | None = None, in_place: bool = False) -> list[torch.Tensor] | None:
+        """Run the block on the calibration batches; ``hooks[name](x, y)`` sees each linear call.
+
+        ``keep_outputs``: return the block outputs; ``in_place``: also overwrite each
+        batch's stored input with its output (the engine's last pass: one activation copy).
+        """
         handles = []
         for name, fn in (hooks or {}).items():
             handles.append(self.module(name).register_forward_hook(
@@ -172,6 +178,8 @@ class BlockContext:
                                   _to(cap.kwargs[b], self.device))
                     if outs is not None:
                         outs.append(y.detach().to(cap.hidden[b].device))
+                        if in_place:
+                            cap.hidden[b] = outs[-1]
         finally:
             for h in handles:
                 h.remove()
@@ -217,7 +225,7 @@ def run_layerwise(model: nn.Module, batches: list[torch.Tensor], process: Callab
         ctx = BlockContext(i, f"{prefix}.{i}", block, layout, dev, cap, len(blocks))
         fp_out = ctx.forward(keep_outputs=True) if propagate == "fp" else None
         process(ctx)
-        out = fp_out if fp_out is not None else ctx.forward(keep_outputs=True)
+        out = fp_out if fp_out is not None else ctx.forward(keep_outputs=True, in_place=True)
         cap.hidden = out
         block.to(home)
         del ctx

@@ -38,7 +38,7 @@ from .engine import PROPAGATE, BlockContext, InputScale, run_layerwise
 from .formats import get_format
 from .qmodules import ActQuantizer, make_quant_module, quantizable_modules, set_module
 from .quantizers import QuantizedWeight, group_size_for, int_qparams
-from .registry import ConfigError, Method, MethodConfig, register_method
+from .registry import ConfigError, Method, MethodConfig, build_dataclass, register_method
 from .spec import ActSpec, QuantSpec, WeightSpec
 
 log = logging.getLogger(__name__)
@@ -310,10 +310,16 @@ def with_input_scale(mod: nn.Module, aq: nn.Module | None) -> nn.Module | None:
     return aq if s is None else InputScale(s, aq)
 
 
-def round_block(ctx: BlockContext, spec: QuantSpec, base: str, name: str) -> None:
-    """Final rounding of a block's admitted linears: ``base`` = rtn | gptq (GPTQ defaults)."""
+def base_gptq_config(base_args: dict | None, method: str) -> GPTQConfig:
+    """GPTQConfig from a composing method's ``base_args`` (unknown keys rejected)."""
+    return build_dataclass(GPTQConfig, {"name": "gptq", **(base_args or {})}, f"method[{method}].base_args")
+
+
+def round_block(ctx: BlockContext, spec: QuantSpec, base: str, name: str,
+                base_args: dict | None = None) -> None:
+    """Final rounding of a block's admitted linears: ``base`` = rtn | gptq (with ``base_args``)."""
     if base == "gptq":
-        gptq_block(ctx, spec, GPTQConfig(), name=name)
+        gptq_block(ctx, spec, base_gptq_config(base_args, name), name=name)
         return
     names = [n for n in ctx.layout.linears if spec.applies_to(ctx.full_name(n))]
     amax = {}
@@ -331,11 +337,13 @@ def round_block(ctx: BlockContext, spec: QuantSpec, base: str, name: str) -> Non
 BASES = ("rtn", "gptq")
 
 
-def validate_base(method: str, base: str, spec: QuantSpec) -> None:
+def validate_base(method: str, base: str, spec: QuantSpec, base_args: dict | None = None) -> None:
     if base not in BASES:
         raise ConfigError(f"method '{method}': base={base!r}; valid: {', '.join(BASES)}")
+    if base_args and base != "gptq":
+        raise ConfigError(f"method '{method}': base_args are for base=gptq (base={base!r} has no fields)")
     if base == "gptq":
-        validate_gptq_fields(GPTQConfig(), spec, f"{method} (base=gptq)")
+        validate_gptq_fields(base_gptq_config(base_args, method), spec, f"{method} (base=gptq)")
 
 
 def rtn_outside_blocks(model: nn.Module, spec: QuantSpec, prefix: str) -> int:

@@ -23,7 +23,7 @@ activation scales are computed on the 16-bit model for every layer at once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,7 @@ class SmoothQuantConfig(MethodConfig):
     alpha: float = 0.5  # migration strength
     layers: str = "norm"  # norm: qkv + up inputs (paper) | all: also o and down inputs
     base: str = "rtn"  # weight rounding: rtn | gptq
+    base_args: dict = field(default_factory=dict)  # GPTQ fields when base=gptq, e.g. {damp: 0.01}
     propagate: str = "quantized"
     device: str = "auto"
     offload_activations: bool = False
@@ -100,7 +101,7 @@ class SmoothQuant(Method):
         if c.base == "gptq" and self.spec.weights is None:
             raise ConfigError(f"method '{name}': base=gptq needs quant.weights")
         if self.spec.weights is not None:
-            validate_base(name, c.base, self.spec)
+            validate_base(name, c.base, self.spec, c.base_args)
 
     def calibrate(self, model, batches) -> None:
         require_batches(self.config.name, batches)
@@ -109,7 +110,8 @@ class SmoothQuant(Method):
 
         def process(ctx):
             self.block_info.append(smooth_block(ctx, c.alpha, c.layers, self.spec))
-            round_block(ctx, self.spec, c.base if self.spec.weights is not None else "rtn", "smoothquant")
+            round_block(ctx, self.spec, c.base if self.spec.weights is not None else "rtn", "smoothquant",
+                        c.base_args)
 
         run_layerwise(model, batches, process, device=c.device, propagate=c.propagate,
                       offload_activations=c.offload_activations, desc="smoothquant")

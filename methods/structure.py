@@ -225,7 +225,7 @@ def _trace(block: nn.Module, args, kwargs):
     calls, outs, hooks = [], {}, []
 
     def hook(mod, inp, out, name):
-        if isinstance(mod, nn.Linear):
+        if is_linear(mod):
             calls.append((name, inp[0]))
         outs.setdefault(name, out)
 
