@@ -89,7 +89,7 @@ def _scaled_mm_kernel(a_ptr, b_ptr, as_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K,
         kmask = (k0 + rk) < K
         a = tl.load(a_ptrs, mask=(rm < M)[:, None] & kmask[None, :], other=0)
         b = tl.load(b_ptrs, mask=(rn < N)[:, None] & kmask[None, :], other=0)
-        acc = tl.dot(a, tl.trans(b), acc)
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if IS_INT else tl.float32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     sa = tl.load(as_ptr + rm, mask=rm < M, other=0)
