@@ -114,9 +114,21 @@ def _selection_table(selection: dict | None) -> list[str]:
     return lines
 
 
+def _last_interval(train_log: dict) -> str:
+    steps = train_log["history"]["step"]
+    first = steps[-2] + 1 if len(steps) > 1 else 1
+    return f"{first}-{steps[-1]}"
+
+
 def write_card(name: str, evals: dict, selection: dict | None = None) -> Path:
-    """Render ``MODEL_CARD.md`` of zoo model ``name`` from its train_log.json and ``evals``."""
+    """Render ``MODEL_CARD.md`` of zoo model ``name`` from its train_log.json and ``evals``.
+
+    ``selection`` (how the recipe was chosen) defaults to the folder's ``recipe_sweep.json``.
+    """
     spec, path = get_spec(name), zoo_path(name)
+    sweep_file = path / "recipe_sweep.json"
+    if selection is None and sweep_file.is_file():
+        selection = json.loads(sweep_file.read_text())
     tl = json.loads((path / "train_log.json").read_text())
     counts, rec, data = spec.param_counts(), tl["recipe"], tl["data"]
     corpus, toks = data["corpus"], data["tokens"]
@@ -157,7 +169,7 @@ def write_card(name: str, evals: dict, selection: dict | None = None) -> Path:
         f"seed {rec['seed']}, bf16 autocast, random windows from the concatenated train split.",
         f"- Device: {tl['device']} (torch {tl['torch']}, transformers {tl.get('transformers', '?')}); "
         f"training time {tl['train_s']} s ({_fmt_int(tl['tokens_per_s'])} tokens/s).",
-        f"- Final train loss (mean of the last 50 steps): {tl['final_train_loss']:.4f}; validation NLL at the end "
+        f"- Final train loss (mean over steps {_last_interval(tl)}): {tl['final_train_loss']:.4f}; validation NLL at the end "
         f"(on the GPU, bf16 autocast): {tl['final_val']['nll']:.4f}.",
         *_selection_table(selection), "",
         "### Re-train", "",
@@ -171,7 +183,8 @@ def write_card(name: str, evals: dict, selection: dict | None = None) -> Path:
         "```", "",
         "`bitsweep zoo train NAME` runs steps 1 and 2 in one go on one machine.", "",
         "## Evaluation (16-bit)", "",
-        f"Measured on this machine, CPU, fp16 weights computed in fp32; protocol: {evals['protocol']}.", "",
+        f"Measured on CPU (Python {evals['python']}, torch {evals['torch']}), fp16 weights computed in fp32; "
+        f"protocol: {evals['protocol']}.", "",
         "| split | perplexity | NLL | chunks x tokens |", "|---|---|---|---|",
         *[f"| {s} | {evals[s]['ppl']:.3f} | {evals[s]['nll']:.4f} | {evals[s]['chunks']} x {evals[s]['seqlen']} |"
           for s in ("test", "validation")], "",
@@ -194,14 +207,18 @@ def write_card(name: str, evals: dict, selection: dict | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.zoo.card", description=__doc__.split("\n")[0])
     parser.add_argument("name")
-    parser.add_argument("--selection", default=None, help="JSON describing the recipe sweep, embedded in the card")
+    parser.add_argument("--selection", default=None,
+                        help="JSON describing the recipe sweep; copied to the folder's recipe_sweep.json and shown in the card")
     parser.add_argument("--evals", default=None, help="reuse a measure() JSON instead of measuring again")
     parser.add_argument("--no-rtn", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     evals = json.loads(Path(args.evals).read_text()) if args.evals else measure(args.name, rtn=not args.no_rtn)
     (zoo_path(args.name) / "eval.json").write_text(json.dumps(evals, indent=1) + "\n")
-    selection = json.loads(Path(args.selection).read_text()) if args.selection else None
+    selection = None
+    if args.selection:
+        selection = json.loads(Path(args.selection).read_text())
+        (zoo_path(args.name) / "recipe_sweep.json").write_text(json.dumps(selection, indent=1) + "\n")
     print(write_card(args.name, evals, selection))
     return 0
 
