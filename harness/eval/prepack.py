@@ -158,11 +158,11 @@ def _decoder_and_head(model):
 @torch.no_grad()
 def packed_hidden(model, batch: PackedBatch, device) -> torch.Tensor:
     """Last hidden states [R, C, H] of the packed rows."""
-    attn = check_supported(model)
+    check_supported(model)
     base, _ = _decoder_and_head(model)
-    mask = block_causal_mask(batch.segment_ids.to(device))  # [R, 1, C, C]
-    if attn == "eager":
-        mask = additive_mask(mask, model.dtype)
+    # additive float mask: what eager attention adds to the scores, accepted by SDPA too, and
+    # the "inverted" 4D form older transformers releases require for custom masks
+    mask = additive_mask(block_causal_mask(batch.segment_ids.to(device)), model.dtype)  # [R, 1, C, C]
     out = base(input_ids=batch.input_ids.to(device), attention_mask=mask,
                position_ids=batch.position_ids.to(device), use_cache=False)
     return out.last_hidden_state
