@@ -233,3 +233,12 @@ def test_shipped_model_test_ppl_matches_card():
     evals = json.loads((zoo_path(DEFAULT_MODEL) / "eval.json").read_text())
     fresh = measure(DEFAULT_MODEL, rtn=False)
     assert fresh["test"]["ppl"] == pytest.approx(evals["test"]["ppl"], rel=1e-4)
+
+
+def test_train_cli_bad_input_exit_code_2(capsys):
+    from harness.zoo.train import main
+
+    assert main(["stdlib-llama-4n"]) == 2
+    assert "valid choices" in capsys.readouterr().err
+    assert main([DEFAULT_MODEL, "--set", "wd=0.1"]) == 2
+    assert "weight_decay" in capsys.readouterr().err

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -226,6 +227,8 @@ def train(name: str, device: str = "cpu", out_dir: str | Path | None = None,
         "device": _device_name(device), "torch": torch.__version__, "data": meta,
         "final_train_loss": history["loss"][-1], "final_val": history["val"][-1], "history": history,
     }
+    if (out_dir / "model.safetensors").exists():
+        log.warning("overwriting the model in %s", out_dir)
     write_model_folder(model, out_dir, data_dir / "tokenizer", train_log)
     return train_log
 
@@ -278,13 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    spec = get_spec(args.name)
+    try:
+        spec = get_spec(args.name)
+        overrides = parse_overrides(args.set)
+    except ValueError as err:  # unknown model name or recipe field: one line, exit code 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.prepare_only:
         if args.data is None:
             parser.error("--prepare-only needs --data DIR")
         print(json.dumps(prepare_data(args.data, spec.vocab_size, args.corpus_root)["tokens"]))
         return 0
-    overrides = parse_overrides(args.set)
     if args.train_tokens is not None:
         overrides["train_tokens"] = args.train_tokens
     result = train(args.name, args.device, args.out, args.data, args.corpus_root, args.max_steps, **overrides)
