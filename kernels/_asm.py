@@ -15,6 +15,8 @@ are not exact in bf16 after the magic offset).
 """
 from __future__ import annotations
 
+import functools
+
 ASM_BITS = (2, 3, 4)
 
 
@@ -28,6 +30,7 @@ def _halves(bits: int, bf16: bool) -> tuple[str, str, str]:
     return f"0x{mask:08X}", f"0x{magic | magic << 16:08X}", f"0x{center | center << 16:08X}"
 
 
+@functools.lru_cache(maxsize=None)
 def dot_word_asm(bits: int, bf16: bool) -> str:
     """PTX: $0 (f32) = sum over the word's slots of (q - 2^(b-1)) * x; $1 word, $2.. x pairs."""
     if bits not in ASM_BITS:
@@ -53,6 +56,7 @@ def dot_word_asm(bits: int, bf16: bool) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=None)
 def sum_pairs_asm(n_pairs: int, bf16: bool) -> str:
     """PTX: $0 (f32) = sum of both halves of the n_pairs half2 inputs $1..$n."""
     cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"

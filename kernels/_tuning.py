@@ -3,7 +3,9 @@
 ``tuned(name, key, fixed, candidates, launch)`` returns a config dict. Under
 TRITON_INTERPRET=1 or without CUDA it returns ``fixed`` (the interpreter cannot
 time anything). On CUDA it times every candidate with
-``triton.testing.do_bench`` (median, L2 flushed), keeps the fastest, and caches
+``kernels._timing.gpu_time_us`` (CUDA-graph replays, L2 flushed, no host
+overhead: do_bench's host-inclusive numbers were noise for 10-50 us kernels),
+keeps the fastest, and caches
 it in memory and in a JSON file (``BITSWEEP_KERNEL_CACHE``, default
 ``~/.cache/bitsweep/kernel_configs.json``; set it to an empty string to disable).
 BITSWEEP_TUNE=0 skips timing and uses a heuristic default.
@@ -20,6 +22,8 @@ from typing import Callable
 
 import torch
 import triton
+
+from kernels._timing import gpu_time_us
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,11 @@ def _save() -> None:
         log.warning("cannot write kernel config cache %s: %s", path, err)
 
 
+@functools.lru_cache(maxsize=8)
+def _device_tag(index: int) -> str:
+    return f"{torch.cuda.get_device_name(index)}|triton{triton.__version__}"
+
+
 def tuning_enabled() -> bool:
     return os.environ.get("BITSWEEP_TUNE", "1") not in ("", "0")
 
@@ -72,7 +81,7 @@ def tuned(name: str, key: tuple, fixed: dict, default: dict, candidates: list[di
     """
     if interpreting() or not torch.cuda.is_available():
         return fixed
-    full = f"{name}|{torch.cuda.get_device_name()}|triton{triton.__version__}|" + "|".join(map(str, key))
+    full = f"{name}|{_device_tag(torch.cuda.current_device())}|" + "|".join(map(str, key))
     cache = _cache()
     if full in cache:
         return cache[full]
@@ -81,7 +90,7 @@ def tuned(name: str, key: tuple, fixed: dict, default: dict, candidates: list[di
     best, best_ms = None, float("inf")
     for cfg in candidates:
         try:
-            ms = triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+            ms = gpu_time_us(lambda: launch(cfg), n=5, reps=3) / 1e3
         except (triton.runtime.errors.OutOfResources, triton.compiler.errors.CompilationError,
                 RuntimeError) as err:
             log.debug("config %s failed for %s: %s", cfg, full, err)

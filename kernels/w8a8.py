@@ -106,11 +106,11 @@ def _mm_fixed() -> dict:
 
 
 def _mm_candidates(m: int) -> list[dict]:
-    tiles = [(128, 256, 128, 8), (128, 128, 128, 8), (128, 256, 64, 8), (256, 128, 128, 8)]
+    tiles = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 64, 8, 4)]
     if m <= 64:
-        tiles = [(16, 64, 128, 4), (32, 64, 128, 4), (64, 64, 128, 4), (64, 128, 128, 4)]
+        tiles = [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 4, 3), (64, 128, 128, 4, 3)]
     return [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_STAGES=st, num_warps=w)
-            for bm, bn, bk, w in tiles for st in (3, 4)]
+            for bm, bn, bk, w, st in tiles]
 
 
 def _mm_default(m: int) -> dict:

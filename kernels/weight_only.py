@@ -27,12 +27,16 @@ import triton
 import triton.language as tl
 
 from kernels import _asm
+from kernels import dequant as _dequant
+from kernels import gemv as _gemv2
 from kernels._tuning import interpreting, tuned
 from kernels.packing import PackedWeight, values_per_word
 
 log = logging.getLogger(__name__)
 
 GEMV_MAX_M = 4
+DEQUANT_MIN_M = 32  # from here on: dequantize once + torch matmul (beats the fused GEMM, NOTES.md)
+PATHS = ("gemv", "gemv_plain", "gemv_v1", "gemm", "dequant")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -336,13 +340,26 @@ def _asm_ok(x2: torch.Tensor, pw: PackedWeight) -> bool:
             and x2.dtype in (torch.float16, torch.bfloat16) and pw.in_features % 2 == 0)
 
 
+def _default_path(m: int, x2: torch.Tensor) -> str:
+    if m <= GEMV_MAX_M:
+        return "gemv"
+    if m >= DEQUANT_MIN_M and x2.is_cuda and not interpreting():
+        return "dequant"
+    return "gemm"
+
+
 def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None,
                        config: dict | None = None, path: str | None = None) -> torch.Tensor:
-    """y = x @ dequant(pw).T + bias for x [..., K]; dispatch GEMV (M <= 4) / GEMM by M.
+    """y = x @ dequant(pw).T + bias for x [..., K]; dispatch by M.
 
-    ``path`` forces "gemv", "gemv_plain" or "gemm"; ``config`` forces a kernel config.
+    M <= 4: GEMV v2 (kernels/gemv.py; v1 below for layouts v2 cannot tile);
+    4 < M < 32 (and every M off CUDA): fused GEMM; M >= 32 on CUDA: ``dequant``
+    (one dequantize pass + torch matmul). ``path`` forces one of PATHS
+    ("gemv_plain": v2 without PTX, "gemv_v1": the first GEMV); ``config`` forces a config.
     """
     check_inputs(x, pw)
+    if path is not None and path not in PATHS:
+        raise KernelInputError(f"path={path!r} is not valid; valid: {PATHS}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, pw.in_features)
     if x2.stride(-1) != 1 or x2.stride(0) != pw.in_features:
@@ -350,12 +367,21 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
     if bias is not None:
         bias = bias.contiguous()
     m = x2.shape[0]
-    path = path or ("gemv" if m <= GEMV_MAX_M else "gemm")
     if m == 0:
         return x.new_zeros(*lead, pw.out_features)
+    path = path or _default_path(m, x2)
+    if path in ("gemv", "gemv_plain") and not _gemv2.supported(pw):
+        path = "gemv_v1"
     key = (m, pw.out_features, pw.in_features, pw.bits, pw.group_size, str(x2.dtype))
     if path in ("gemv", "gemv_plain"):
         use_asm = path == "gemv" and _asm_ok(x2, pw)
+        cfg = config or tuned(f"gemv2{'_asm' if use_asm else ''}", key, _gemv2.fixed_config(),
+                              _gemv2.default_config(pw.out_features, pw),
+                              _gemv2.candidates(pw.out_features, pw),
+                              lambda c: _gemv2.gemv(x2, pw, bias, c, use_asm))
+        y = _gemv2.gemv(x2, pw, bias, cfg, use_asm)
+    elif path == "gemv_v1":
+        use_asm = _asm_ok(x2, pw)
         cfg = config or tuned(f"gemv{'_asm' if use_asm else ''}", key, _gemv_fixed(),
                               _gemv_default(pw.out_features, pw.qweight.shape[1]),
                               _gemv_candidates(pw.out_features, pw.qweight.shape[1], pw.words_per_group),
@@ -367,6 +393,7 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
                               _gemm_candidates(m, pw.out_features, pw.qweight.shape[1]),
                               lambda c: _launch_gemm(x2, pw, bias, c))
         y = _launch_gemm(x2, pw, bias, cfg)
-    else:
-        raise KernelInputError(f"path={path!r} is not valid; valid: 'gemv', 'gemv_plain', 'gemm'")
+    else:  # dequant
+        w = _dequant.dequantize(pw, x2.dtype)
+        y = torch.nn.functional.linear(x2, w, bias)
     return y.view(*lead, pw.out_features)

@@ -1,7 +1,7 @@
 """End-to-end decode speed: Llama-shaped 7B with random weights, bf16 vs W4 g128 real kernels.
 
 Usage: python scripts/kernels_e2e.py [--layers 32] [--steps 64] [--out FILE.json]
-Prints and writes tokens/s at batch 1 (static KV cache, CUDA graph) for bf16 and for
+Prints and writes tokens/s at batch 1 (harness.eval.speed: static KV cache, CUDA graph) for bf16 and for
 the same model with every decoder Linear replaced by a real W4 g128 asym module.
 """
 import argparse
@@ -40,7 +40,7 @@ def main() -> None:
         model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     res = dict(layers=args.layers, steps=args.steps, device=torch.cuda.get_device_name())
     res["bf16_bytes"] = model_bytes(model)
-    res["bf16_decode_tok_s_b1"] = measure_decode(model, 1, args.steps)
+    res["bf16_decode_tok_s_b1"], res["bf16_decode_mode"] = measure_decode(model, 1, args.steps)
     res["bf16_prefill_tok_s"] = measure_prefill(model, 2048, 3)
     print(res, flush=True)
     for layer in model.model.layers:
@@ -50,7 +50,7 @@ def main() -> None:
                     setattr(parent, name, random_real(child))
     torch.cuda.empty_cache()
     res["w4_bytes"] = model_bytes(model)
-    res["w4_decode_tok_s_b1"] = measure_decode(model, 1, args.steps)
+    res["w4_decode_tok_s_b1"], res["w4_decode_mode"] = measure_decode(model, 1, args.steps)
     res["w4_prefill_tok_s"] = measure_prefill(model, 2048, 3)
     res["decode_speedup"] = res["w4_decode_tok_s_b1"] / res["bf16_decode_tok_s_b1"]
     print(json.dumps(res, indent=1), flush=True)

@@ -42,8 +42,22 @@ def test_split_k_config_matches():
     pw, *_ = random_packed(16, 256, 4, 64, seed=2)
     x = torch.randn(1, 256)
     cfg = dict(BLOCK_N=8, BLOCK_W=8, SPLIT_K=2, num_warps=4, NUM_STAGES=1)
-    y = weight_only_linear(x, pw, config=cfg, path="gemv")
+    y = weight_only_linear(x, pw, config=cfg, path="gemv_v1")
     torch.testing.assert_close(y, R.weight_only_linear(x, pw), rtol=1e-5, atol=1e-5)
+    cfg2 = dict(BLOCK_N=8, TILE_W=16, SPLIT_K=3, num_warps=4, X_VEC=False)  # ragged split of 4 groups
+    y2 = weight_only_linear(x, pw, config=cfg2, path="gemv")
+    torch.testing.assert_close(y2, R.weight_only_linear(x, pw), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gemv_v1_and_chunked_per_channel(bits):
+    """v1 GEMV (kept for layouts v2 cannot tile) and v2 over a long per-channel group (chunks)."""
+    pw, *_ = random_packed(11, 2048, bits, 2048, seed=bits, fractional_zero=True)
+    x = torch.randn(2, 2048)
+    r = R.weight_only_linear(x, pw)
+    for path in ("gemv", "gemv_v1"):
+        y = weight_only_linear(x, pw, path=path)
+        assert ((y - r).norm() / r.norm()).item() < 1e-5, path
 
 
 def test_bad_inputs_raise_before_launch():

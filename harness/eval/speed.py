@@ -1,9 +1,10 @@
 """Evaluator ``speed``: prefill and decode tokens/s of the model as it is (16-bit, fake or real).
 
 Decode runs ``decode_steps`` single-token steps at each batch size with a
-static KV cache (transformers ``StaticCache``); on CUDA one step is captured in
-a CUDA graph and replayed (``cuda_graph: true``), so launch overhead is not
-what is measured. Prefill is one forward of ``prefill_tokens`` tokens at batch 1.
+static KV cache (transformers ``StaticCache``, sized for every step taken); on
+CUDA one step is captured in a CUDA graph and replayed (``cuda_graph: true``),
+so launch overhead is not what is measured (the row's ``mode`` tag says whether
+the graph ran). Prefill is one forward of ``prefill_tokens`` tokens at batch 1.
 Timings are CUDA-event medians over ``repeats``. Without CUDA every row is
 reported unavailable ("no CUDA device"), never a made-up number.
 
@@ -46,13 +47,32 @@ def measure_prefill(model, tokens: int, repeats: int = 5, vocab: int | None = No
     return tokens / (ms / 1e3)
 
 
+def _static_cache(model, batch: int, max_len: int):
+    """A transformers StaticCache across 5.x signatures (max_batch_size was dropped in later 5.x)."""
+    from transformers import StaticCache
+    try:
+        return StaticCache(config=model.config, max_cache_len=max_len)
+    except TypeError:
+        return StaticCache(config=model.config, max_batch_size=batch, max_cache_len=max_len)
+
+
 @torch.inference_mode()
 def measure_decode(model, batch: int, steps: int, prompt_len: int = 32, cuda_graph: bool = True,
-                   repeats: int = 3) -> float:
-    """Decode tokens/s (batch * steps / time) with a static KV cache; one step per graph replay."""
-    from transformers import StaticCache
+                   repeats: int = 3) -> tuple[float, str]:
+    """(decode tokens/s = batch * steps / time, mode) with a static KV cache, one step per graph replay.
+
+    Recent transformers StaticCache layers keep their own write position and
+    advance it on every call (cache_position is ignored), graph replays
+    included, so the cache is sized for every call this function makes
+    (prompt + warm-ups + repeats * steps): no out-of-bounds write. Every timed
+    step feeds the same token and position (the cost of a decode step does not
+    depend on them; attention runs over the static cache length either way).
+    ``mode`` says what ran: "static+graph", or "static" when graph capture
+    failed (the reason is logged).
+    """
     dev = next(model.parameters()).device
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + steps + 8)
+    max_len = prompt_len + (repeats + 1) * steps + 16
+    cache = _static_cache(model, batch, max_len)
     gen = torch.Generator(dev).manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=dev, generator=gen)
     model(prompt, past_key_values=cache, cache_position=torch.arange(prompt_len, device=dev), use_cache=True)
@@ -60,28 +80,33 @@ def measure_decode(model, batch: int, steps: int, prompt_len: int = 32, cuda_gra
     pos = torch.full((1,), prompt_len, dtype=torch.long, device=dev)
 
     def step():
-        return model(ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+        return model(ids, past_key_values=cache, cache_position=pos, position_ids=pos[None].expand(batch, 1),
+                     use_cache=True).logits
 
     for _ in range(2):
         step()  # warm-up: tuning and cache allocation happen outside capture
-    run = step
+    run, mode = step, "static"
     if cuda_graph:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            step()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        run = graph.replay
+        try:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                step()
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            run, mode = graph.replay, "static+graph"
+        except RuntimeError as err:
+            log.warning("CUDA graph capture failed, timing eager steps: %s", err)
+            torch.cuda.synchronize()
 
     def loop():
         for _ in range(steps):
             run()
 
     ms = _events_ms(loop, repeats)
-    return batch * steps / (ms / 1e3)
+    return batch * steps / (ms / 1e3), mode
 
 
 @register_evaluator("speed")
@@ -108,8 +133,9 @@ class Speed(Evaluator):
         rows = [MetricRow("prefill_tok_s", measure_prefill(model, c.prefill_tokens, c.repeats),
                           tags=dict(tags, tokens=c.prefill_tokens))]
         for b in c.decode_batches:
-            tps = measure_decode(model, b, c.decode_steps, c.prompt_len, c.cuda_graph, c.repeats)
-            rows.append(MetricRow(f"decode_tok_s_b{b}", tps, tags=dict(tags, batch=b, steps=c.decode_steps)))
+            tps, mode = measure_decode(model, b, c.decode_steps, c.prompt_len, c.cuda_graph, c.repeats)
+            rows.append(MetricRow(f"decode_tok_s_b{b}", tps,
+                                  tags=dict(tags, batch=b, steps=c.decode_steps, mode=mode)))
         real = ctx.record_extra.get("real_layers")
         if real is not None:
             for r in rows:

@@ -1,0 +1,237 @@
+"""Weight-only GEMV v2 (M = 1..4, bits 2/3/4/8): group-tiled, long-K tiles, 16-byte loads.
+
+Contract: ``gemv(x2 [M, K], pw, bias, cfg) -> [M, N]`` in x2's dtype, same
+function as ``kernels.reference.weight_only_linear``; ``supported(pw)`` says
+whether this kernel handles the packed layout (else weight_only's v1 GEMV runs).
+
+Design (kernels/NOTES.md, v2): a program owns BLOCK_N output rows and walks
+its K range in tiles of ``GT`` chunks x ``WT`` words (a chunk is one group's
+words, WT = next power of two of WPG; for per-channel / large groups a chunk
+is WT words of the one group). The int32 tile [BLOCK_N, GT, WT] is loaded
+with 16-byte vectors (WT a multiple of 4, no padding); each word's x values
+are loaded once per tile as one 16/32-byte vector ([GT, WT, P/2] int32 =
+half2 pairs, X_VEC) and broadcast over the rows. Dequant + dot per word in
+packed half2 PTX (kernels/_asm.py; magic number 0x6400 | code = 1024 + q),
+the group scale applied per word in fp32 (one FFMA), the zero folded as
+``- szero * sum(x)`` per (row, group). The interpreter / 8-bit path does the
+same tiling with plain integer ops. SPLIT_K > 1 accumulates fp32 partials
+with atomics (only needed when N / BLOCK_N cannot fill the GPU).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _asm
+from kernels.packing import PackedWeight, values_per_word
+
+MAX_WT = 128  # words per chunk when a group is longer (per-channel)
+
+
+@triton.jit
+def _xpairs(x32_ptr, xoff, kbase, valid, wig, NP: tl.constexpr, X_VEC: tl.constexpr,
+            GROUP: tl.constexpr, P: tl.constexpr):
+    """x pairs (int32 half2) of each word: NP tensors shaped like kbase ([GT, WT]); 0 for padded slots.
+
+    X_VEC (bits 2/4: no padded slots) loads a word's pairs as one 16/32-byte vector.
+    """
+    base = x32_ptr + xoff + kbase // 2
+    if X_VEC:
+        if NP == 4:
+            v = tl.load(base[:, :, None] + tl.arange(0, 4)[None, None, :], mask=valid[:, :, None], other=0)
+            e, o = tl.split(tl.reshape(v, [v.shape[0], v.shape[1], 2, 2]))
+            a0, a2 = tl.split(e)
+            a1, a3 = tl.split(o)
+            return a0, a1, a2, a3, a0, a0, a0, a0
+        else:
+            v = tl.load(base[:, :, None] + tl.arange(0, 8)[None, None, :], mask=valid[:, :, None], other=0)
+            e, o = tl.split(tl.reshape(v, [v.shape[0], v.shape[1], 2, 2, 2]))
+            e0, e1 = tl.split(e)
+            o0, o1 = tl.split(o)
+            a0, a4 = tl.split(e0)
+            a2, a6 = tl.split(e1)
+            a1, a5 = tl.split(o0)
+            a3, a7 = tl.split(o1)
+            return a0, a1, a2, a3, a4, a5, a6, a7
+    a0 = tl.load(base + 0, mask=valid & (wig * P < GROUP), other=0)
+    a1 = tl.load(base + 1, mask=valid & (wig * P + 2 < GROUP), other=0)
+    a2 = a0
+    a3 = a0
+    a4 = a0
+    a5 = a0
+    a6 = a0
+    a7 = a0
+    if NP >= 3:
+        a2 = tl.load(base + 2, mask=valid & (wig * P + 4 < GROUP), other=0)
+    if NP >= 4:
+        a3 = tl.load(base + 3, mask=valid & (wig * P + 6 < GROUP), other=0)
+    if NP >= 5:
+        a4 = tl.load(base + 4, mask=valid & (wig * P + 8 < GROUP), other=0)
+    if NP >= 8:
+        a5 = tl.load(base + 5, mask=valid & (wig * P + 10 < GROUP), other=0)
+        a6 = tl.load(base + 6, mask=valid & (wig * P + 12 < GROUP), other=0)
+        a7 = tl.load(base + 7, mask=valid & (wig * P + 14 < GROUP), other=0)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _dot_asm(q, a0, a1, a2, a3, a4, a5, a6, a7, NP: tl.constexpr, DOT_ASM: tl.constexpr,
+             SUM_ASM: tl.constexpr):
+    """(sum_slots (q - c) * x per word [BN, GT, WT] fp32, sum of the word's x [GT, WT] fp32)."""
+    if NP == 4:
+        p = tl.inline_asm_elementwise(DOT_ASM, "=r,r,r,r,r,r", [q, a0[None], a1[None], a2[None], a3[None]],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        xs = tl.inline_asm_elementwise(SUM_ASM, "=r,r,r,r,r", [a0, a1, a2, a3],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    elif NP == 5:
+        p = tl.inline_asm_elementwise(DOT_ASM, "=r,r,r,r,r,r,r",
+                                      [q, a0[None], a1[None], a2[None], a3[None], a4[None]],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        xs = tl.inline_asm_elementwise(SUM_ASM, "=r,r,r,r,r,r", [a0, a1, a2, a3, a4],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        p = tl.inline_asm_elementwise(DOT_ASM, "=r,r,r,r,r,r,r,r,r,r",
+                                      [q, a0[None], a1[None], a2[None], a3[None], a4[None], a5[None],
+                                       a6[None], a7[None]], dtype=tl.float32, is_pure=True, pack=1)
+        xs = tl.inline_asm_elementwise(SUM_ASM, "=r,r,r,r,r,r,r,r,r", [a0, a1, a2, a3, a4, a5, a6, a7],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+    return p, xs
+
+
+@triton.jit
+def _dot_plain(q, x_ptr, xrow, kbase, wvalid, wig, BITS: tl.constexpr, GROUP: tl.constexpr,
+               P: tl.constexpr):
+    """Integer-op version of _dot_asm (interpreter, 8-bit, fp32 activations)."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    CENTER: tl.constexpr = 1 << (BITS - 1)
+    p = tl.zeros(q.shape, dtype=tl.float32)
+    xs = tl.zeros(kbase.shape, dtype=tl.float32)
+    for j in tl.static_range(P // 2):
+        v0 = wvalid & (wig * P + 2 * j < GROUP)
+        v1 = wvalid & (wig * P + 2 * j + 1 < GROUP)
+        x0 = tl.load(x_ptr + xrow + kbase + 2 * j, mask=v0, other=0).to(tl.float32)
+        x1 = tl.load(x_ptr + xrow + kbase + 2 * j + 1, mask=v1, other=0).to(tl.float32)
+        c0 = ((q >> (BITS * j)) & MASK) - CENTER
+        c1 = ((q >> (16 + BITS * j)) & MASK) - CENTER
+        p += c0.to(tl.float32) * x0[None] + c1.to(tl.float32) * x1[None]
+        xs += x0 + x1
+    return p, xs
+
+
+@triton.jit
+def _gemv2_kernel(x_ptr, x32_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
+                  N, KW, G, NCH, CPS, stride_xm, stride_om,
+                  BITS: tl.constexpr, GROUP: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr,
+                  WT: tl.constexpr, CPG: tl.constexpr, GT: tl.constexpr, BLOCK_N: tl.constexpr,
+                  SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_VEC: tl.constexpr,
+                  DOT_ASM: tl.constexpr, SUM_ASM: tl.constexpr, HAS_BIAS: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows = tl.where(rmask, rows, 0)  # clamp: unmasked loads, stores masked
+    c_start = pid_k * CPS
+    c_end = tl.minimum(c_start + CPS, NCH)
+    acc = tl.zeros([BLOCK_N, GT, WT], dtype=tl.float32)
+    zacc = tl.zeros([BLOCK_N, GT], dtype=tl.float32)
+    wt = tl.arange(0, WT)
+    for c0 in range(c_start, c_end, GT):
+        ch = c0 + tl.arange(0, GT)  # chunk ids [GT]
+        cvalid = ch < c_end
+        grp = ch // CPG
+        wig = (ch % CPG)[:, None] * WT + wt[None, :]  # word in group [GT, WT]
+        wvalid = cvalid[:, None] & (wig < WPG)
+        word = grp[:, None] * WPG + wig  # [GT, WT]
+        q = tl.load(qw_ptr + rows[:, None, None] * KW + word[None], mask=wvalid[None], other=0)
+        kbase = grp[:, None] * GROUP + wig * P  # first input column of each word [GT, WT]
+        if USE_ASM:
+            a0, a1, a2, a3, a4, a5, a6, a7 = _xpairs(x32_ptr, m * (stride_xm // 2), kbase, wvalid, wig,
+                                                     P // 2, X_VEC, GROUP, P)
+            p, xs = _dot_asm(q, a0, a1, a2, a3, a4, a5, a6, a7, P // 2, DOT_ASM, SUM_ASM)
+        else:
+            p, xs = _dot_plain(q, x_ptr, m * stride_xm, kbase, wvalid, wig, BITS, GROUP, P)
+        soff = rows[:, None] * G + grp[None, :]  # [BN, GT]
+        s = tl.load(s_ptr + soff, mask=cvalid[None, :], other=0).to(tl.float32)
+        sz = tl.load(sz_ptr + soff, mask=cvalid[None, :], other=0).to(tl.float32)
+        acc += p * s[:, :, None]
+        zacc += sz * tl.sum(xs, axis=1)[None, :]
+    y = tl.sum(tl.sum(acc, axis=2), axis=1) - tl.sum(zacc, axis=1)
+    if HAS_BIAS:
+        if pid_k == 0:
+            y += tl.load(bias_ptr + rows, mask=rmask, other=0).to(tl.float32)
+    optr = out_ptr + m * stride_om + rows
+    if SPLIT_K == 1:
+        tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.atomic_add(optr, y, mask=rmask, sem="relaxed")
+
+
+def _pow2_ceil(v: int) -> int:
+    return 1 << (v - 1).bit_length()
+
+
+def chunking(pw: PackedWeight) -> tuple[int, int] | None:
+    """(WT, CPG) for this layout, or None when v2 cannot tile it (a long non-power-of-2 group)."""
+    wpg = pw.words_per_group
+    wt = _pow2_ceil(wpg)
+    if wt <= MAX_WT:
+        return wt, 1
+    if wpg % MAX_WT == 0:
+        return MAX_WT, wpg // MAX_WT
+    return None
+
+
+def supported(pw: PackedWeight) -> bool:
+    return chunking(pw) is not None
+
+
+def fixed_config() -> dict:
+    """Interpreter config (small tiles, no timing possible)."""
+    return dict(BLOCK_N=8, TILE_W=32, SPLIT_K=1, num_warps=4, X_VEC=False)
+
+
+def default_config(n: int, pw: PackedWeight) -> dict:
+    """Untuned CUDA default (from the H100 sweep, kernels/NOTES.md)."""
+    bn = 16 if n >= 4096 else 8
+    split = 1 if n // bn >= 264 else max(1, min(8, (264 * bn) // max(n, 1)))
+    return dict(BLOCK_N=bn, TILE_W=128, SPLIT_K=split, num_warps=4, X_VEC=pw.bits in (2, 4))
+
+
+def candidates(n: int, pw: PackedWeight) -> list[dict]:
+    out = []
+    for bn, tw, warps in ((8, 128, 4), (16, 128, 4), (16, 256, 8), (32, 128, 8), (8, 256, 4)):
+        out.append(dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=warps, X_VEC=pw.bits in (2, 4)))
+    if pw.bits in (2, 4):
+        out.append(dict(BLOCK_N=8, TILE_W=256, SPLIT_K=1, num_warps=4, X_VEC=False))
+    if n < 4096:
+        out.append(dict(BLOCK_N=8, TILE_W=128, SPLIT_K=4, num_warps=4, X_VEC=pw.bits in (2, 4)))
+    return out
+
+
+def gemv(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict,
+         use_asm: bool) -> torch.Tensor:
+    """y [M, N] = x2 [M, K] @ dequant(pw).T + bias with the v2 kernel and config ``cfg``."""
+    m, k = x2.shape
+    n, kw = pw.qweight.shape
+    wt, cpg = chunking(pw)
+    nch = pw.num_groups * cpg  # chunks along K
+    gt = max(1, cfg["TILE_W"] // wt)
+    split = max(1, min(cfg["SPLIT_K"], -(-nch // gt)))
+    cps = -(-(-(-nch // split)) // gt) * gt  # chunks per split, a multiple of GT
+    split = -(-nch // cps)
+    out_dtype = torch.float32 if split > 1 else x2.dtype
+    out = (torch.zeros if split > 1 else torch.empty)((m, n), device=x2.device, dtype=out_dtype)
+    bf16 = x2.dtype == torch.bfloat16
+    x_vec = bool(cfg.get("X_VEC", False)) and use_asm and pw.bits in (2, 4)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, m)
+    _gemv2_kernel[grid](
+        x2, x2.view(torch.int32) if use_asm else x2, pw.qweight, pw.scale, pw.szero, out,
+        bias if bias is not None else out, n, kw, pw.num_groups, nch, cps, x2.stride(0), out.stride(0),
+        BITS=pw.bits, GROUP=pw.group_size, WPG=pw.words_per_group, P=values_per_word(pw.bits),
+        WT=wt, CPG=cpg, GT=gt, BLOCK_N=cfg["BLOCK_N"], SPLIT_K=split, USE_ASM=use_asm, X_VEC=x_vec,
+        DOT_ASM=_asm.dot_word_asm(pw.bits, bf16) if use_asm else "",
+        SUM_ASM=_asm.sum_pairs_asm(16 // pw.bits, bf16) if use_asm else "",
+        HAS_BIAS=bias is not None, num_warps=cfg["num_warps"])
+    return out.to(x2.dtype) if split > 1 else out
