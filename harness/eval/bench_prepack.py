@@ -18,7 +18,9 @@ Workloads (mixed lengths):
 Per (workload, path, batch size): wall seconds (after one warm-up pass; CUDA
 synchronized), requests/s, peak GPU memory (``torch.cuda.max_memory_allocated`` minus
 the weights), tokens actually fed to the model, and the agreement of the packed and
-padded log-likelihoods (max |diff|; accuracy of the argmax choice for the task). Writes
+padded log-likelihoods (max |diff|; accuracy of the argmax choice for the task), with two
+references for that difference: padded vs padded at the other batch size (the bf16 noise
+floor of the padded path itself) and packed vs padded with the model cast to float32. Writes
 ``<out>/<name>.json`` and ``<out>/<name>.md``; numbers are never edited by hand.
 """
 from __future__ import annotations
@@ -122,6 +124,28 @@ def compare(padded, packed, docs) -> dict:
     return out
 
 
+def per_token_diff(a, b, reqs) -> float:
+    """Mean over requests of |logprob difference| / continuation tokens."""
+    return sum(abs(x[0] - y[0]) / len(r[2]) for x, y, r in zip(a, b, reqs, strict=True)) / len(reqs)
+
+
+def fp32_check(model, tok, reqs) -> dict:
+    """Padded vs packed on the same requests with the model cast to float32 (precision, not speed)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.eval.prepack import PrepackedHFLM
+
+    model.float()
+    padded = HFLM(pretrained=model, tokenizer=tok, batch_size=16)._loglikelihood_tokens(reqs, disable_tqdm=True)
+    packed = PrepackedHFLM(pretrained=model, tokenizer=tok, batch_size=16)._loglikelihood_tokens(
+        reqs, disable_tqdm=True)
+    model.to(torch.bfloat16)
+    out = compare(padded, packed, [])
+    out["requests"] = len(reqs)
+    out["mean_abs_logprob_diff_per_token"] = per_token_diff(padded, packed, reqs)
+    return out
+
+
 def run(args) -> dict:
     from lm_eval.models.huggingface import HFLM
 
@@ -135,7 +159,7 @@ def run(args) -> dict:
     probe = HFLM(pretrained=model, tokenizer=tok, batch_size=1)
     workloads = {"stdlib_nextline": task_requests(probe, args.n_task),
                  "synthetic": (synthetic_requests(args.n_synthetic, args.tok_vocab), [])}
-    rows = []
+    rows, prev_padded = [], {}
     for wname, (reqs, docs) in workloads.items():
         n_tok = sum(len(c) + len(k) - 1 for _, c, k in reqs)
         for bs in args.batch_sizes:
@@ -155,8 +179,15 @@ def run(args) -> dict:
             result["memory_ratio"] = (result["packed"]["peak_activation_gib"]
                                       / max(result["padded"]["peak_activation_gib"], 1e-9))
             result.update(compare(outs["padded"], outs["packed"], docs))
+            result["mean_abs_logprob_diff_per_token"] = per_token_diff(outs["padded"], outs["packed"], reqs)
+            if prev_padded.get(wname) is not None:  # bf16 noise floor: padded vs padded at another batch size
+                result["padded_vs_padded_prev_bs_max_abs_diff"] = compare(prev_padded[wname], outs["padded"], [])[
+                    "max_abs_logprob_diff"]
+            prev_padded[wname] = outs["padded"]
             rows.append(result)
+    fp32 = fp32_check(model, tok, workloads["stdlib_nextline"][0][: args.n_fp32]) if args.n_fp32 else None
     return {
+        "fp32_check": fp32,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
@@ -195,6 +226,20 @@ def to_markdown(rep: dict) -> str:
             f"| {r['packed']['seconds']:.2f} | {r['speedup']:.2f}x | {r['padded']['peak_activation_gib']:.2f} "
             f"| {r['packed']['peak_activation_gib']:.2f} | {r['max_abs_logprob_diff']:.3g} | {acc} |")
     lines.append("")
+    floor = [f"{r['workload']}: {r['padded_vs_padded_prev_bs_max_abs_diff']:.3g}" for r in rep["results"]
+             if "padded_vs_padded_prev_bs_max_abs_diff" in r]
+    if floor:
+        lines.append("bf16 noise floor (max abs Δ logprob, padded path at two batch sizes): " + "; ".join(floor)
+                     + ". Mean abs Δ per continuation token, packed vs padded: "
+                     + "; ".join(f"{r['workload']} bs {r['batch_size']}: {r['mean_abs_logprob_diff_per_token']:.3g}"
+                                 for r in rep["results"]) + ".")
+        lines.append("")
+    if rep.get("fp32_check"):
+        c = rep["fp32_check"]
+        lines.append(f"fp32 agreement (same model cast to float32, first {c['requests']} task requests): "
+                     f"max abs Δ logprob {c['max_abs_logprob_diff']:.3g}, is_greedy agreement "
+                     f"{c['greedy_agreement']:.4f}.")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -214,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tok-vocab", type=int, default=4096)
     parser.add_argument("--n-synthetic", type=int, default=512)
     parser.add_argument("--n-task", type=int, default=None, help="first N task examples (default all)")
+    parser.add_argument("--n-fp32", type=int, default=400, help="task requests for the fp32 agreement check")
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (smoke test)")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
