@@ -216,8 +216,9 @@ def to_markdown(rep: dict) -> str:
         "Peak = `max_memory_allocated` minus weights.",
         "",
         "Pad share = padding tokens fed by the padded path / real tokens (lm-eval sorts by length, so it is "
-        "small on the task); the rest of the gain comes from running the LM head and log-softmax only at "
-        "continuation positions instead of over every position x vocabulary.",
+        "small on the task). The rest of the gain is not from padding: the packed path also runs the LM head "
+        "and log-softmax only at continuation positions (not over every position x vocabulary) and does less "
+        "per-request work; these parts were not timed separately.",
         "",
         "| workload | requests | batch | pad share | padded s | packed s | speedup | padded peak GiB "
         "| packed peak GiB | max abs Δ logprob | acc padded / packed |",
