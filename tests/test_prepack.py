@@ -23,6 +23,7 @@ from harness.eval.prepack import (  # noqa: E402
     pack_ffd,
     pack_rows,
     score_sequences,
+    token_nll,
 )
 
 VOCAB = 320
@@ -118,6 +119,18 @@ def test_score_sequences_matches_unpacked_forward():
             ref = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), -1)
         ref = ref.gather(1, torch.tensor(tgt)[:, None])[:, 0]
         torch.testing.assert_close(logp, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_token_nll_matches_cross_entropy():
+    model = tiny_model("gpt_neox", "sdpa")
+    rng = random.Random(4)
+    seqs = [[rng.randrange(VOCAB) for _ in range(n)] for n in (2, 30, 11, 64)]
+    got = token_nll(model, seqs, rows_per_batch=2)
+    for seq, nll in zip(seqs, got, strict=True):
+        x = torch.tensor([seq])
+        with torch.no_grad():
+            ref = torch.nn.functional.cross_entropy(model(x).logits[0, :-1].float(), x[0, 1:], reduction="none")
+        torch.testing.assert_close(nll, ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family,attn", [("llama", "eager"), ("llama", "sdpa"), ("gpt_neox", "sdpa"),

@@ -10,7 +10,8 @@ each row gets a block-diagonal causal mask (a token sees only earlier tokens of 
 sequence, :func:`block_causal_mask`) and position ids that restart at 0 per sequence, so
 each sequence is computed exactly as if it were alone. Only the hidden states of target
 positions go through the LM head (in chunks), so memory does not scale with
-rows x capacity x vocab.
+rows x capacity x vocab. :func:`token_nll` is the perplexity form (per-token NLL of
+variable-length documents).
 
 :class:`PrepackedHFLM` is lm-eval's ``HFLM`` with ``_loglikelihood_tokens`` (multiple
 choice, loglikelihood tasks) and ``loglikelihood_rolling`` (perplexity tasks) routed
@@ -254,6 +255,20 @@ def score_sequences(model, inputs: Sequence[Sequence[int]], targets: Sequence[Se
         if progress is not None:
             progress(len(req_ids))
     return results  # type: ignore[return-value]
+
+
+def token_nll(model, seqs: Sequence[Sequence[int]], *, capacity: int | None = None, rows_per_batch: int = 8,
+              pad_id: int = 0, device=None) -> list[torch.Tensor]:
+    """Perplexity building block: per sequence, NLL [n-1] of tokens 1..n-1 given their prefix, packed.
+
+    For variable-length documents (per-document perplexity); fixed-length windows gain nothing.
+    """
+    if any(len(s) < 2 for s in seqs):
+        raise ValueError("every sequence needs at least 2 tokens")
+    scored = score_sequences(model, [s[:-1] for s in seqs], [s[1:] for s in seqs], capacity=capacity,
+                             rows_per_batch=rows_per_batch, pad_id=pad_id, device=device,
+                             softmax_dtype=torch.float32)
+    return [-logp for logp, _ in scored]
 
 
 # ----------------------------------------------------------------------------- lm-eval wrapper
