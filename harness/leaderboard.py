@@ -140,7 +140,7 @@ def pareto_figure(wide: pd.DataFrame, column: str):
     for model, grp in wide[wide["method"] == "none"].dropna(subset=[column]).groupby("model"):
         fig.add_hline(y=float(grp[column].iloc[0]), line_dash="dash",
                       annotation_text=f"16-bit baseline ({model})")
-    log_y = lower_is_better(column) and (wide[column].max() / max(wide[column].min(), 1e-9) > 20)
+    log_y = lower_is_better(column) and (wide[column].max() / max(wide[column].min(), 1e-9) > 5)
     fig.update_layout(title=f"Effective bits vs {column}", xaxis_title="effective bits per weight",
                       yaxis_title=column + (" (lower is better)" if lower_is_better(column) else " (higher is better)"),
                       yaxis_type="log" if log_y else "linear", template="plotly_white", height=480)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import typing
 from typing import Any, Callable, Generic, TypeVar
 
@@ -36,6 +37,13 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0] if self.args else ""
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
@@ -64,11 +72,17 @@ class Registry(Generic[T]):
         self._lazy[name] = module
 
     def names(self) -> list[str]:
-        return sorted(set(self._items) | set(self._lazy))
+        lazy = {n for n, mod in self._lazy.items() if _module_exists(mod)}
+        return sorted(set(self._items) | lazy)
 
     def get(self, name: str) -> T:
         if name not in self._items and name in self._lazy:
-            importlib.import_module(self._lazy[name])
+            try:
+                importlib.import_module(self._lazy[name])
+            except ModuleNotFoundError as exc:
+                raise UnknownNameError(
+                    f"{self.kind} '{name}' is not available: {exc}; "
+                    f"valid: {', '.join(self.names())}") from None
         if name not in self._items:
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}"
