@@ -187,6 +187,15 @@ def supported(pw: PackedWeight) -> bool:
     return chunking(pw) is not None
 
 
+def x_vec_ok(pw: PackedWeight) -> bool:
+    """Vector x loads need every slot of every word real: bits 2/4 and no padded slot in a group.
+
+    (A per-channel group of K=1000 at 2 bits pads 8 slots: there the vector load
+    would read x past the group, which gave wrong results on the H100 check run.)
+    """
+    return pw.bits in (2, 4) and pw.group_size % values_per_word(pw.bits) == 0
+
+
 def fixed_config() -> dict:
     """Interpreter config (small tiles, no timing possible)."""
     return dict(BLOCK_N=8, TILE_W=32, SPLIT_K=1, num_warps=4, X_VEC=False)
@@ -224,7 +233,7 @@ def gemv(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dic
     out_dtype = torch.float32 if split > 1 else x2.dtype
     out = (torch.zeros if split > 1 else torch.empty)((m, n), device=x2.device, dtype=out_dtype)
     bf16 = x2.dtype == torch.bfloat16
-    x_vec = bool(cfg.get("X_VEC", False)) and use_asm and pw.bits in (2, 4)
+    x_vec = bool(cfg.get("X_VEC", False)) and use_asm and x_vec_ok(pw)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, m)
     _gemv2_kernel[grid](
         x2, x2.view(torch.int32) if use_asm else x2, pw.qweight, pw.scale, pw.szero, out,

@@ -83,12 +83,13 @@ def _scaled_mm_kernel(a_ptr, b_ptr, as_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32 if IS_INT else tl.float32)
+    ZERO: tl.constexpr = 0 if IS_INT else 0.0  # an int 0 cannot be cast to fp8 (H100 run 3)
     a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
     b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
     for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):
         kmask = (k0 + rk) < K
-        a = tl.load(a_ptrs, mask=(rm < M)[:, None] & kmask[None, :], other=0)
-        b = tl.load(b_ptrs, mask=(rn < N)[:, None] & kmask[None, :], other=0)
+        a = tl.load(a_ptrs, mask=(rm < M)[:, None] & kmask[None, :], other=ZERO)
+        b = tl.load(b_ptrs, mask=(rn < N)[:, None] & kmask[None, :], other=ZERO)
         acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if IS_INT else tl.float32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K

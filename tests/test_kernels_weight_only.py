@@ -68,3 +68,10 @@ def test_bad_inputs_raise_before_launch():
         weight_only_linear(torch.zeros(1, 65), pw)
     with pytest.raises(ValueError, match="path"):
         weight_only_linear(torch.zeros(1, 64), pw, path="nope")
+
+
+def test_x_vec_only_without_padded_slots():
+    from kernels.gemv import x_vec_ok
+    assert x_vec_ok(random_packed(4, 256, 4, 128)[0]) and x_vec_ok(random_packed(4, 256, 2, 64)[0])
+    assert not x_vec_ok(random_packed(4, 1000, 2, 1000)[0])  # 1000 % 16 != 0: padded slots
+    assert not x_vec_ok(random_packed(4, 256, 3, 128)[0]) and not x_vec_ok(random_packed(4, 256, 8, 128)[0])
