@@ -1,19 +1,19 @@
 """Weight-only quantized linear (W2/W3/W4/W8, fp16/bf16/fp32 activations): y = x @ w_hat.T + b.
 
-Three Triton kernels over the packed layout of kernels/packing.py, chosen by M:
+Paths over the packed layout of kernels/packing.py, chosen by M:
 
-* ``M <= GEMV_MAX_M``: GEMV, one program per (BLOCK_N rows, K split, token).
-  The M=1 path is memory-bound: 16-byte loads of BLOCK_W int32 words per row,
-  dequant+dot in packed half2 PTX (kernels/_asm.py, bits 2/3/4 on CUDA) or
-  plain integer ops (8-bit, the interpreter), the per-group scale applied
-  once per word (or once per tile when a tile sits inside one group) and the
-  zero folded as ``- szero * sum(x)``. SPLIT_K > 1 adds fp32 partial sums
-  with atomics (chosen when N / BLOCK_N cannot fill the GPU).
-* otherwise: tiled tensor-core GEMM, dequantizing a [BLOCK_N, BLOCK_K] tile to
-  the activation dtype in registers, then ``tl.dot``; SPLIT_K for small M.
+* ``M <= GEMV_MAX_M``: GEMV v2 (kernels/gemv.py: group-aligned tiles, 16-byte
+  loads, packed half2 PTX dequant+dot); the v1 GEMV below (``gemv_v1``) runs
+  only for layouts v2 cannot tile (a long per-channel group whose word count
+  is neither a power of two <= 128 nor a multiple of 128).
+* ``GEMV_MAX_M < M < DEQUANT_MIN_M`` (and any M off CUDA): tiled tensor-core
+  GEMM, dequantizing a [BLOCK_N, BLOCK_K] tile in registers, then ``tl.dot``.
+* ``M >= DEQUANT_MIN_M`` on CUDA: ``dequant`` = one dequantize pass
+  (kernels/dequant.py) + torch's matmul; faster than the fused GEMM on the
+  H100 from M=64 up (kernels/NOTES.md), at the cost of an N*K 16-bit temporary.
 
 Configs: on CUDA each (kernel, shape, bits, group, dtype) is tuned once per
-process by timing the candidates (``triton.testing.do_bench``), results are
+process by timing the candidates (``kernels._timing.gpu_time_us``), results are
 cached in memory and in a JSON file (``BITSWEEP_KERNEL_CACHE``, default
 ~/.cache/bitsweep/kernel_configs.json). Under TRITON_INTERPRET=1 (no timing
 possible) a fixed config is used, so CPU tests run the same kernels.
