@@ -144,6 +144,7 @@ class BlockContext:
     device: torch.device
     captured: Captured
     num_blocks: int = 0
+    home: torch.device | None = None  # where the block lives between passes
     state: dict = field(default_factory=dict)  # per-block scratch space for the method
 
     def full_name(self, name: str) -> str:
@@ -153,8 +154,16 @@ class BlockContext:
         return self.block.get_submodule(name)
 
     def replace(self, name: str, new: nn.Module) -> None:
+        """Swap submodule ``name``; a quantized module's codes (``qweight``, not a buffer, unused
+        in fake mode) go straight to the block's home device."""
         parent, _, child = name.rpartition(".")
         setattr(self.block.get_submodule(parent) if parent else self.block, child, new.to(self.device))
+        q = getattr(new, "qweight", None)
+        if q is not None and self.home is not None:
+            for f in ("codes", "scale", "zero"):
+                t = getattr(q, f, None)
+                if isinstance(t, torch.Tensor):
+                    setattr(q, f, t.to(self.home))
 
     def forward(self, hooks: dict[str, Hook] | None = None, keep_outputs: bool = False,
                 max_batches: int | None = None, in_place: bool = False) -> list[torch.Tensor] | None:
@@ -222,7 +231,7 @@ def run_layerwise(model: nn.Module, batches: list[torch.Tensor], process: Callab
         block = blocks[i]
         home = next(block.parameters()).device
         block.to(dev)
-        ctx = BlockContext(i, f"{prefix}.{i}", block, layout, dev, cap, len(blocks))
+        ctx = BlockContext(i, f"{prefix}.{i}", block, layout, dev, cap, len(blocks), home)
         fp_out = ctx.forward(keep_outputs=True) if propagate == "fp" else None
         process(ctx)
         out = fp_out if fp_out is not None else ctx.forward(keep_outputs=True, in_place=True)

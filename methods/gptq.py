@@ -97,10 +97,11 @@ class _Columns:
             self.scale = self.fmt.group_scales(w, g)
 
     def start_group(self, col: int, w_now: torch.Tensor) -> None:
-        """Non-static group parameters at the group's first column (from the current weights)."""
+        """Non-static group parameters at the group's first column, from the current weights:
+        INT: ``w_now`` is the group's columns [N, g]; other formats: the whole matrix [N, K]."""
         sp = self.spec
         if self.fmt.integer:
-            s, z = int_qparams(w_now[:, col:col + self.g], sp.bits, sp.sym, "channel", self.g)
+            s, z = int_qparams(w_now, sp.bits, sp.sym, "channel", self.g)
             if self.scale is None:
                 self.scale = torch.zeros(self.n, self.k // self.g, device=w_now.device)
                 self.zero = torch.zeros_like(self.scale)
@@ -155,40 +156,52 @@ class _Columns:
                                "int", sp.granularity)
 
 
-def prepare_hessian(w: torch.Tensor, H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero dead columns, dampen, return (w, upper Cholesky factor of H^-1), both [.., K]."""
-    H = H.clone()
+def prepare_hessian(w: torch.Tensor, H: torch.Tensor, damp: float,
+                    inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero dead columns, dampen, return (w, upper Cholesky factor of H^-1), both [.., K].
+
+    ``inplace``: H may be overwritten (the caller drops it): at most two K x K matrices live.
+    """
+    if not inplace:
+        H = H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     w = w.clone()
     w[:, dead] = 0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], device=H.device)
+    H.diagonal().add_(damp * H.diagonal().mean())
     for _ in range(5):
-        try:
-            L = torch.linalg.cholesky(H)
+        L, info = torch.linalg.cholesky_ex(H)
+        if int(info) == 0:
             break
-        except torch.linalg.LinAlgError:  # not positive definite: dampen more
-            H += damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], device=H.device)
+        H.diagonal().add_(damp * H.diagonal().mean())  # not positive definite: dampen more
     else:
         raise RuntimeError("GPTQ: Hessian is not positive definite even after extra dampening")
-    Hinv = torch.cholesky_inverse(L)
-    return w, torch.linalg.cholesky(Hinv, upper=True)
+    del H
+    torch.cholesky_inverse(L, out=L)  # in place: no third K x K matrix
+    torch.linalg.cholesky(L, upper=True, out=L)
+    return w, L
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: WeightSpec, damp: float = 0.01,
                   block_size: int = 128, act_order: bool = False, static_groups: bool = False,
-                  outlier_fn=None) -> GPTQResult:
-    """GPTQ on one weight w [N, K] with Hessian H [K, K] (paper's Algorithm 1)."""
+                  inplace_hessian: bool = False) -> GPTQResult:
+    """GPTQ on one weight w [N, K] with Hessian H [K, K] (paper's Algorithm 1).
+
+    ``inplace_hessian``: H may be overwritten (saves K x K memory when the caller drops it).
+    """
     n, k = w.shape
     if act_order and spec.granularity == "group" and not static_groups:
         raise ConfigError("GPTQ: act_order with granularity=group needs static_groups=True")
-    w, H = w.float(), H.float()
+    w = w.float()
+    inplace = inplace_hessian and H.dtype == torch.float32
+    H = H.float()
     cols = _Columns(w, spec, static_groups)  # static parameters from the original weights
     perm = torch.arange(k, device=w.device)
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
-        w, H = w[:, perm], H[perm][:, perm]
-    w, Hinv = prepare_hessian(w, H, damp)
+        w, H, inplace = w[:, perm], H[perm][:, perm], True
+    w, Hinv = prepare_hessian(w, H, damp, inplace=inplace)
+    del H
     Q = torch.zeros_like(w)
     loss = torch.zeros((), device=w.device)
     group_mode = spec.granularity == "group" and not static_groups
@@ -199,9 +212,12 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: WeightSpec, damp: floa
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = int(perm[i1 + i])
-            if group_mode and col % cols.g == 0:
-                cur = w.clone()
-                cur[:, i1:i2] = W1
+            if group_mode and col % cols.g == 0:  # current (error-updated) weights
+                if cols.fmt.integer:  # only the group's columns [N, g] are needed
+                    extra = cols.g - (i2 - i1 - i)
+                    cur = W1[:, i:i + cols.g] if extra <= 0 else torch.cat([W1[:, i:], w[:, i2:i2 + extra]], 1)
+                else:  # group scales may depend on the whole matrix (NVFP4's global scale)
+                    cur = torch.cat([w[:, :i1], W1, w[:, i2:]], 1)
                 cols.start_group(col, cur)
             wc, d = W1[:, i], Hinv1[i, i]
             q = cols.quantize(wc, col)
@@ -267,7 +283,7 @@ def static_act_quantizer(spec: ActSpec | None, amax: torch.Tensor | None) -> Act
 
 
 def gptq_block(ctx: BlockContext, spec: QuantSpec, cfg, transform=None, name: str = "gptq") -> dict:
-    """Quantize the admitted linears of one block with GPTQ; returns {name: GPTQResult}.
+    """Quantize the admitted linears of one block with GPTQ; returns {name: GPTQ loss}.
 
     ``transform(lin_name, w [N, K], H [K, K]) -> WeightSpec`` lets a caller choose the
     weight spec per layer (AdaDim picks the granularity there). ``cfg`` carries
@@ -286,15 +302,16 @@ def gptq_block(ctx: BlockContext, spec: QuantSpec, cfg, transform=None, name: st
             w, wspec = mod.weight.data.float(), spec.weights
             if transform is not None:
                 wspec = transform(n, w, hs[n].H)
-            res = gptq_quantize(w, hs[n].H, wspec, cfg.damp, cfg.block_size, cfg.act_order,
-                                cfg.static_groups)
+            amax = hs[n].amax
+            res = gptq_quantize(w, hs.pop(n).H, wspec, cfg.damp, cfg.block_size, cfg.act_order,
+                                cfg.static_groups, inplace_hessian=True)
             wspec_spec = spec if wspec is spec.weights else QuantSpec(wspec, spec.activations, spec.kv_cache)
-            aq = with_input_scale(mod, static_act_quantizer(spec.activations, hs[n].amax))
+            aq = with_input_scale(mod, static_act_quantizer(spec.activations, amax))
             new = make_quant_module(mod, wspec_spec, w_hat=res.w_hat, qweight=res.qweight, act_quant=aq)
             ctx.replace(n, new)
-            out[n] = res
-            del hs[n]
-        log.debug("%s block %d: %s", name, ctx.index, ", ".join(f"{n}={out[n].loss:.3g}" for n in names))
+            out[n] = res.loss
+            del res
+        log.debug("%s block %d: %s", name, ctx.index, ", ".join(f"{n}={out[n]:.3g}" for n in names))
     return out
 
 
