@@ -82,7 +82,8 @@ class _Columns:
         self.g = group_size_for(spec, (self.n, self.k))
         self.maxq = 2**spec.bits - 1
         gran = spec.granularity
-        self.codes = torch.zeros(w.shape, dtype=torch.int16, device=w.device) if self.fmt.integer else None
+        ctype = torch.uint8 if spec.bits <= 8 else torch.int16
+        self.codes = torch.zeros(w.shape, dtype=ctype, device=w.device) if self.fmt.integer else None
         self.scale = self.zero = None
         self.cur = None  # parameters of the current group: int -> (scale [N], zero [N]); else scales [N]
         if gran in ("tensor", "channel") or (gran == "group" and static_groups):
@@ -122,7 +123,7 @@ class _Columns:
             s = self.scale.reshape(-1, 1)[:, 0] if sp.granularity == "tensor" else self.scale[:, j]
             z = self.zero.reshape(-1, 1)[:, 0] if sp.granularity == "tensor" else self.zero[:, j]
             q = torch.clamp(torch.round(w / s) + z, 0, self.maxq)
-            self.codes[:, col] = q.to(torch.int16)
+            self.codes[:, col] = q.to(self.codes.dtype)
             return s * (q - z)
         j = 0 if sp.granularity == "channel" else col // self.g
         s = self.scale[:, j]
@@ -141,7 +142,7 @@ class _Columns:
         self.scale[:, col], self.zero[:, col] = s[:, 0], z[:, 0]
         se, ze = s[:, 0].repeat_interleave(self.g), z[:, 0].repeat_interleave(self.g)
         q = torch.clamp(torch.round(w / se) + ze, 0, self.maxq)
-        self.codes[:, col] = q.to(torch.int16)
+        self.codes[:, col] = q.to(self.codes.dtype)
         return se * (q - ze)
 
     def result(self) -> QuantizedWeight | None:
@@ -165,9 +166,10 @@ def prepare_hessian(w: torch.Tensor, H: torch.Tensor, damp: float,
     if not inplace:
         H = H.clone()
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    w = w.clone()
-    w[:, dead] = 0
+    if bool(dead.any()):
+        H[dead, dead] = 1
+        w = w.clone()
+        w[:, dead] = 0
     H.diagonal().add_(damp * H.diagonal().mean())
     for _ in range(5):
         L, info = torch.linalg.cholesky_ex(H)
@@ -192,7 +194,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: WeightSpec, damp: floa
     n, k = w.shape
     if act_order and spec.granularity == "group" and not static_groups:
         raise ConfigError("GPTQ: act_order with granularity=group needs static_groups=True")
-    w = w.float()
+    w = w.to(torch.float32, copy=True)  # updated in place below
     inplace = inplace_hessian and H.dtype == torch.float32
     H = H.float()
     cols = _Columns(w, spec, static_groups)  # static parameters from the original weights
@@ -226,7 +228,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: WeightSpec, damp: floa
             err = (wc - q) / d
             W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
             Err1[:, i] = err
-        w[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        w[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # no [N, K] temporary
     inv = torch.argsort(perm)
     return GPTQResult(Q[:, inv], cols.result(), float(loss))
 
@@ -299,9 +301,9 @@ def gptq_block(ctx: BlockContext, spec: QuantSpec, cfg, transform=None, name: st
         ctx.forward({n: (lambda x, y, n=n: hs[n].add(_scaled_input(ctx.module(n), x))) for n in names})
         for n in names:
             mod = ctx.module(n)
-            w, wspec = mod.weight.data.float(), spec.weights
+            w, wspec = mod.weight.data, spec.weights  # gptq_quantize makes its own float32 copy
             if transform is not None:
-                wspec = transform(n, w, hs[n].H)
+                wspec = transform(n, w.float(), hs[n].H)
             amax = hs[n].amax
             res = gptq_quantize(w, hs.pop(n).H, wspec, cfg.damp, cfg.block_size, cfg.act_order,
                                 cfg.static_groups, inplace_hessian=True)

@@ -115,3 +115,12 @@ def test_gptq_validation_errors():
     m = build_method({"name": "gptq"}, spec)
     with pytest.raises(ConfigError, match="gptq.*needs calibration data"):
         m.calibrate(_tiny_llama(), [])
+
+
+def test_gptq_leaves_inputs_unchanged():
+    w, x = _layer()
+    h = Hessian(x.shape[1], torch.device("cpu"))
+    h.add(x)
+    w0, H0 = w.clone(), h.H.clone()
+    gptq_quantize(w, h.H, WeightSpec(bits=3, group_size=64))
+    assert torch.equal(w, w0) and torch.equal(h.H, H0)
