@@ -34,18 +34,23 @@ def test_quickstart_sweep_end_to_end_and_resume(tmp_path):
     r = bitsweep(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = records(store)
-    # 8 rtn configurations + one shared 16-bit baseline
-    assert len(recs) == 9 and all(x["status"] == "ok" for x in recs.values())
+    # (8 rtn configurations + one shared 16-bit baseline) x (ppl, lmeval)
+    assert len(recs) == 18 and all(x["status"] == "ok" for x in recs.values())
+    assert sorted(x["evaluator"] for x in recs.values()) == ["lmeval"] * 9 + ["ppl"] * 9
     base = [x for x in recs.values() if x["method"] == "none"]
-    assert len(base) == 1 and base[0]["effective_bits"] == 16.0
+    assert len(base) == 2 and {b["effective_bits"] for b in base} == {16.0}
     for x in recs.values():
-        ppl = [m for m in x["metrics"] if m["name"] == "ppl"][0]
-        assert ppl["value"] > 1 and ppl["stderr"] is not None
+        if x["evaluator"] == "ppl":
+            m = [m for m in x["metrics"] if m["name"] == "ppl"][0]
+            assert m["value"] > 1 and m["stderr"] is not None
+        else:
+            m = [m for m in x["metrics"] if m["name"] == "acc"][0]
+            assert 0 <= m["value"] <= 1 and m["tags"]["task"] == "stdlib_nextline"
         for key in ("config_hash", "git", "versions", "started_at", "wall_s", "corpus_fingerprint", "device"):
             assert x.get(key) is not None, key
     md = (out / "leaderboard.md").read_text()
     assert md.count("| tiny-llama-128x2 |") == 9
-    assert "W2g128" in md and "W8" in md
+    assert "W2g128" in md and "W8" in md and "stdlib_nextline:acc" in md
     csv = (out / "leaderboard.csv").read_text().splitlines()
     assert len(csv) == 10 and csv[0].startswith("model,method,quant,effective_bits")
     html = (out / "leaderboard.html").read_text()
