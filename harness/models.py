@@ -17,6 +17,8 @@ and what was loaded (recorded with results).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,7 +81,23 @@ class ModelConfig:
             for k in ("family", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                       "num_kv_heads", "max_position", "seed"):
                 d.pop(k)
+        if self.source == "zoo":  # re-trained weights must not reuse old results
+            d["weights_sha256"] = zoo_weights_digest(self.name)
         return d
+
+
+@functools.lru_cache(maxsize=16)
+def zoo_weights_digest(name: str) -> str | None:
+    """SHA-256 (16 hex) of a zoo model's weight files; None if it is not trained."""
+    from harness.zoo import zoo_path
+
+    files = sorted(zoo_path(name).glob("*.safetensors")) if zoo_path(name).exists() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def model_config(d: dict) -> ModelConfig:
