@@ -1,6 +1,7 @@
-"""Method ``adadim``: adaptive per-input-channel vs per-output-channel grouping (Heo et al.,
-"Rethinking Channel Dimensions to Isolate Outliers for Low-bit Weight Quantization of Large
-Language Models", ICLR 2024, arXiv 2309.15531).
+"""Method ``adadim``: per-layer choice of per-IC vs per-OC grouping (AdaDim, arXiv 2309.15531).
+
+Heo et al., "Rethinking Channel Dimensions to Isolate Outliers for Low-bit Weight
+Quantization of Large Language Models", ICLR 2024.
 
 Activation outliers make some *input* channels of W [N, K] sensitive; per-IC quantization
 (one scale per input column per ``group_size`` consecutive output rows,

@@ -1,6 +1,7 @@
-"""Method ``awq``: Activation-aware Weight Quantization (Lin et al., "AWQ: Activation-aware
-Weight Quantization for LLM Compression and Acceleration", MLSys 2024, arXiv 2306.00978),
-following llm-awq's algorithm (auto_scale, then auto_clip), weight-only.
+"""Method ``awq``: activation-aware scale + clip search, weight-only (AWQ, arXiv 2306.00978).
+
+Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
+Acceleration", MLSys 2024; follows llm-awq's algorithm (auto_scale, then auto_clip).
 
 Per block, on calibration inputs, for each group of linears sharing an input
 (``methods.structure``: qkv, o, gate+up / fc1, down / fc2):

@@ -1,5 +1,7 @@
-"""Method ``gptq``: GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
-Generative Pre-trained Transformers", ICLR 2023, arXiv 2210.17323).
+"""Method ``gptq``: Hessian-aware rounding with error feedback (GPTQ, arXiv 2210.17323).
+
+Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers", ICLR 2023.
 
 Per linear layer with calibration inputs X [tokens, K], GPTQ minimises
 ||X W^T - X W_hat^T||^2 column by column: H = 2/n X^T X (running average), dampened

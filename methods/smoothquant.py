@@ -1,5 +1,7 @@
-"""Method ``smoothquant``: SmoothQuant (Xiao et al., "SmoothQuant: Accurate and Efficient
-Post-Training Quantization for Large Language Models", ICML 2023, arXiv 2211.10438).
+"""Method ``smoothquant``: migrate activation outliers into weights (SmoothQuant, arXiv 2211.10438).
+
+Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for Large
+Language Models", ICML 2023.
 
 Activation outliers are migrated into the weights with a per-input-channel scale
 

@@ -1,5 +1,7 @@
-"""Method ``spqr``: Sparse-Quantized Representation (Dettmers et al., "SpQR: A Sparse-Quantized
-Representation for Near-Lossless LLM Weight Compression", ICLR 2024, arXiv 2306.03078).
+"""Method ``spqr``: small groups, 3-bit statistics, 16-bit outliers (SpQR, arXiv 2306.03078).
+
+Dettmers et al., "SpQR: A Sparse-Quantized Representation for Near-Lossless LLM Weight
+Compression", ICLR 2024.
 
 GPTQ-style column-by-column quantization (Hessian from calibration inputs, error
 feedback through the Cholesky factor of H^-1) with:
