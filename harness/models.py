@@ -63,6 +63,12 @@ class ModelConfig:
             raise ConfigError(f"model.dtype={self.dtype!r}; valid: auto, {', '.join(DTYPES)}")
         if self.source == "hf" and not self.id:
             raise ConfigError("model.id is required for source=hf (a hub id or a local path)")
+        if self.source == "zoo":
+            from harness.zoo import ZooModelNotTrainedError, is_trained
+            if not is_trained(self.name):  # also rejects unknown names, listing the valid ones
+                raise ZooModelNotTrainedError(
+                    f"zoo model '{self.name}' has no weights yet; train it with "
+                    f"`bitsweep zoo train {self.name} --device cuda` (see `bitsweep zoo`)")
         if self.source == "tiny" and self.family not in TINY_FAMILIES:
             raise ConfigError(f"model.family={self.family!r}; valid: {', '.join(TINY_FAMILIES)}")
 

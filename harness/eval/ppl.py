@@ -4,9 +4,9 @@ Concatenate the split (documents joined as the source defines), tokenize, cut
 non-overlapping windows of ``seqlen`` tokens (default 2048, or the model's
 maximum if smaller; remainder dropped), run each window independently, and take
 ``ppl = exp(mean NLL over all predicted tokens)``. The stderr is the delta-method
-error from the spread of per-window mean NLLs. ``max_chunks`` evaluates only the
-first windows (quick sweeps; recorded as a tag so such numbers never mix with
-full-split numbers on a leaderboard).
+error from the spread of per-window mean NLLs. ``max_chunks`` evaluates only that many
+windows spread evenly over the split (quick sweeps; recorded as a tag so such
+numbers never mix with full-split numbers on a leaderboard).
 """
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def model_max_length(model) -> int | None:
         if isinstance(val, int) and val > 0:
             return val
     return None
+
+
+def spread_indices(n: int, k: int) -> torch.Tensor:
+    """``k`` window indices spread evenly over ``n`` (first and last included)."""
+    if k <= 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.linspace(0, n - 1, k).round().long().unique()
 
 
 @torch.no_grad()
@@ -61,7 +68,7 @@ class Perplexity(Evaluator):
         datasets: tuple[str, ...] = ("stdlib",)
         split: str = "test"
         seqlen: int = 2048
-        max_chunks: int | None = None
+        max_chunks: int | None = None  # evenly spaced subset of the windows
         batch_size: int = 8
 
     def evaluate(self, model, tokenizer, ctx: EvalContext) -> list[MetricRow]:
@@ -71,8 +78,8 @@ class Perplexity(Evaluator):
         for name in c.datasets:
             win = eval_windows(name, c.split, tokenizer, seqlen, seed=ctx.seed)
             full = win.shape[0]
-            if c.max_chunks is not None:
-                win = win[: c.max_chunks]
+            if c.max_chunks is not None and c.max_chunks < full:
+                win = win[spread_indices(full, c.max_chunks)]
             nll = window_nll(model, win, c.batch_size, ctx.device, desc=f"ppl {name}")
             ppl, se = ppl_from_nll(nll)
             tags = {"dataset": name, "split": c.split, "seqlen": seqlen,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from methods.registry import ConfigError
 from harness.zoo.specs import DEFAULT_MODEL, SPECS, UnknownZooModelError, ZooSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class ZooModelNotTrainedError(FileNotFoundError):
+class ZooModelNotTrainedError(ConfigError, FileNotFoundError):
     """Raised when a registered zoo model has no weights yet."""
 
 

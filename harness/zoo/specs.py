@@ -21,10 +21,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import asdict, dataclass, field
 
+from methods.registry import ConfigError
+
 DEFAULT_MODEL = "stdlib-llama-4m"
 
 
-class UnknownZooModelError(ValueError):
+class UnknownZooModelError(ConfigError):
     """Raised for a zoo model name that is not registered."""
 
 
