@@ -48,7 +48,7 @@ def load_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long metrics frame of ok records, frame of failed records)."""
     rows, failed = [], []
     for rec in store.records():
-        ident = {"model": rec.get("model"), "method": rec.get("method"),
+        ident = {"model": rec.get("model"), "method": rec.get("method_label") or rec.get("method"),
                  "quant": rec.get("quant_label"), "effective_bits": rec.get("effective_bits")}
         if rec.get("status") != "ok":
             failed.append({**ident, "evaluator": rec.get("evaluator"), "error": rec.get("error")})

@@ -100,6 +100,9 @@ def plan_run(cfg: dict) -> RunPlan:
     plan = RunPlan(model, method, spec, data, evaluators, eval_cfg, int(cfg.get("seed", 0)),
                    Store(cfg.get("store", "results/store")), device,
                    resolve_dtype(model, device), bool(cfg.get("real", False)))
+    if method.needs_calibration and plan.data.nsamples < 1:
+        raise ConfigError(f"method '{method.config.name}' needs calibration data: "
+                          f"data.nsamples={plan.data.nsamples} (must be >= 1)")
     plan.identity = _identity(plan)
     plan.hashes = {name: config_hash({**plan.identity, "evaluator": name,
                                       "eval": _eval_identity(ev)})
@@ -108,7 +111,24 @@ def plan_run(cfg: dict) -> RunPlan:
 
 
 def _eval_identity(ev: Evaluator) -> dict:
-    return asdict(ev.config)
+    """Evaluator config plus its protocol version (a protocol change invalidates old records)."""
+    return {**asdict(ev.config), "_version": getattr(ev, "version", 1)}
+
+
+def method_label(config) -> str:
+    """Method name plus the fields that differ from its registered defaults, e.g.
+    ``rotation[base=gptq]``, so variants of one method get their own leaderboard rows."""
+    default = type(config)()
+    diff = []
+    for key, val in asdict(config).items():
+        if key in ("name", "version") or getattr(default, key) == getattr(config, key):
+            continue
+        if isinstance(val, dict):
+            val = ",".join(f"{k}={v}" for k, v in sorted(val.items())) or "{}"
+            diff.append(f"{key}={{{val}}}")
+        else:
+            diff.append(f"{key}={val}")
+    return config.name + (f"[{'; '.join(diff)}]" if diff else "")
 
 
 def _uses_stdlib(plan: RunPlan) -> bool:
@@ -213,6 +233,7 @@ def _base_record(plan: RunPlan) -> dict:
     return {
         "model": plan.model.label(), "model_cfg": asdict(plan.model),
         "method": plan.method.config.name, "method_version": plan.method.config.version,
+        "method_label": method_label(plan.method.config),
         "method_cfg": asdict(plan.method.config),
         "quant": plan.identity["quant"], "quant_label": _quant_label(plan),
         "data": plan.identity["data"], "seed": plan.seed, "dtype": str(plan.dtype),

@@ -45,6 +45,9 @@ class Evaluator:
     class Config:
         pass
 
+    #: Protocol version: bump it when a change alters numbers for the same config
+    #: (it is part of the config hash, so old records are not reused).
+    version: int = 1
     #: Whether the evaluator needs the model on an accelerator (informational).
     needs_gpu: bool = False
 

@@ -63,6 +63,9 @@ def ppl_from_nll(nll: torch.Tensor) -> tuple[float, float | None]:
 
 @register_evaluator("ppl")
 class Perplexity(Evaluator):
+    #: 2: ``max_chunks`` takes evenly spaced windows (1 took the first ones)
+    version = 2
+
     @dataclass(frozen=True)
     class Config:
         datasets: tuple[str, ...] = ("stdlib",)
