@@ -112,9 +112,7 @@ class AdaDim(Method):
     def validate(self) -> None:
         super().validate()
         c, name, w = self.config, self.config.name, self.spec.weights
-        if w is None or w.format != "int":
-            raise ConfigError(f"method '{name}' supports quant.weights.format 'int' only "
-                              f"(got {None if w is None else w.format!r})")
+        self.require_int_weights()
         if w.granularity not in ("group", "channel"):
             raise ConfigError(f"method '{name}': quant.weights.granularity={w.granularity!r}; valid: "
                               "group, channel (the per-output-channel form AdaDim compares against per-IC)")

@@ -171,6 +171,13 @@ class Method:
                 f"(quant.activations must be null)"
             )
 
+    def require_int_weights(self) -> None:
+        """ConfigError unless the spec quantizes weights with the INT format."""
+        w = self.spec.weights
+        if w is None or w.format != "int":
+            raise ConfigError(f"method '{self.config.name}' supports quant.weights.format 'int' only "
+                              f"(got {None if w is None else w.format!r})")
+
     def prepare(self, model) -> None:  # attach observers
         return None
 

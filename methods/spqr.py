@@ -189,9 +189,7 @@ class SpQR(Method):
     def validate(self) -> None:
         super().validate()
         c, name, w = self.config, self.config.name, self.spec.weights
-        if w is None or w.format != "int":
-            raise ConfigError(f"method '{name}' supports quant.weights.format 'int' only "
-                              f"(got {None if w is None else w.format!r})")
+        self.require_int_weights()
         g = c.group_size or (w.group_size if w.granularity == "group" else None)
         if not g or g < 2:
             raise ConfigError(f"method '{name}': group_size={c.group_size} (beta1) must be >= 2, or "

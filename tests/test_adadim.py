@@ -10,13 +10,7 @@ from methods.qmodules import QuantLinear
 from methods.quantizers import quantize_weight
 from methods.registry import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 
 
 def _data(outlier: str, n=64, k=128, t=512):

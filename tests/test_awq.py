@@ -10,13 +10,7 @@ from methods.awq import apply_clip, search_clip, search_scale
 from methods.quantizers import quantize_weight
 from methods.registry import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 
 
 def _layer(seed=0, n=64, k=256, t=1024):

@@ -7,14 +7,8 @@ from methods import structure as S
 from methods.engine import run_layerwise
 from methods.registry import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: thread hand-off dominates on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 H, I = 64, 128
 

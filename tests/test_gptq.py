@@ -9,14 +9,7 @@ from methods.qmodules import QuantLinear
 from methods.quantizers import quantize_weight
 from methods.registry import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: thread hand-off dominates on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 
 
 def _layer(n=48, k=256, t=1024, seed=0):

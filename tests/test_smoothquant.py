@@ -10,13 +10,7 @@ from methods.engine import ScaledLinear, run_layerwise
 from methods.registry import ConfigError
 from methods.smoothquant import smooth_block, smooth_scales
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 
 
 def _tiny(kind="llama"):

@@ -11,13 +11,7 @@ from methods.registry import ConfigError
 from methods.spec import WeightSpec
 from methods.spqr import SpQRConfig, loo_reduction, quantize_stat, spqr_quantize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 
 
 def _layer(n=64, k=256, t=1024):
