@@ -225,7 +225,7 @@ def to_markdown(data: dict) -> str:
     for t in data["targets"]:
         v = "not measured" if t["value"] is None else f"{t['value']:.3g} {t['unit']}"
         frac = "-" if t["fraction_of_goal"] is None else f"{t['fraction_of_goal']:.2f}"
-        lines.append(f"| {t['target']} | {v} | {t['goal']} {t['unit']} | {t['met']} | {frac} |")
+        lines.append(f"| {t['target']} | {v} | {t['goal']:.3g} {t['unit']} | {t['met']} | {frac} |")
     lines += ["", "## All rows", "",
               "| kernel | act | bits | group | M | K | N | us | TB/s | % copy | TFLOP/s | torch us | x torch | rel err | notes |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
