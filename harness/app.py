@@ -76,11 +76,20 @@ def _record_plan_failure(cfg: DictConfig, exc: Exception) -> None:
     rec = {"run_id": uuid.uuid4().hex[:12], "config_hash": "invalid-" + config_hash(ident),
            "status": "failed", "error": f"ConfigError: {exc}",
            "model": (plain.get("model") or {}).get("name"),
-           "method": (plain.get("method") or {}).get("name"), "quant_label": "invalid",
+           "method": (plain.get("method") or {}).get("name"), "quant_label": _spec_label(plain),
            "evaluator": ",".join(plain.get("eval") or {}), "metrics": [],
            "sweep_id": os.environ.get("BITSWEEP_SWEEP_ID"), "started_at": now_iso()}
     Store(plain.get("store", "results/store")).put(rec)
     log.error("invalid config in sweep: %s", exc)
+
+
+def _spec_label(plain: dict) -> str:
+    """The quant label of a config whose run was rejected (or 'invalid' if the spec is)."""
+    from methods import QuantSpec
+    try:
+        return QuantSpec.from_dict(plain.get("quant")).label()
+    except ConfigError:
+        return "invalid"
 
 
 class SweepCallback(Callback):
