@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import PROPAGATE, BlockContext, run_layerwise
+from .engine import BlockContext, check_propagate, run_layerwise
 from .gptq import (GPTQConfig, Hessian, base_gptq_config, _scaled_input, gptq_quantize, require_batches,
                    rtn_outside_blocks, static_act_quantizer, validate_base, with_input_scale)
 from .qmodules import make_quant_module
@@ -116,8 +116,7 @@ class AdaDim(Method):
         if w.granularity not in ("group", "channel"):
             raise ConfigError(f"method '{name}': quant.weights.granularity={w.granularity!r}; valid: "
                               "group, channel (the per-output-channel form AdaDim compares against per-IC)")
-        if c.propagate not in PROPAGATE:
-            raise ConfigError(f"method '{name}': propagate={c.propagate!r}; valid: {', '.join(PROPAGATE)}")
+        check_propagate(name, c.propagate)
         validate_base(name, c.base, self.spec, c.base_args)
 
     def calibrate(self, model, batches) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import PROPAGATE, BlockContext, run_layerwise, scale_inputs
+from .engine import BlockContext, check_propagate, run_layerwise, scale_inputs
 from .gptq import require_batches, round_block, rtn_outside_blocks, validate_base
 from .quantizers import quantize_weight
 from .registry import ConfigError, Method, MethodConfig, register_method
@@ -170,8 +170,7 @@ class AWQ(Method):
         if c.n_grid < 1 or not 0 <= c.max_shrink < 1:
             raise ConfigError(f"method '{name}': n_grid={c.n_grid} must be >= 1 and "
                               f"max_shrink={c.max_shrink} in [0, 1)")
-        if c.propagate not in PROPAGATE:
-            raise ConfigError(f"method '{name}': propagate={c.propagate!r}; valid: {', '.join(PROPAGATE)}")
+        check_propagate(name, c.propagate)
         validate_base(name, c.base, self.spec, c.base_args)
 
     def calibrate(self, model, batches) -> None:

@@ -40,6 +40,13 @@ from .structure import BlockLayout, find_blocks, layout_from_inputs, run_block
 log = logging.getLogger(__name__)
 
 PROPAGATE = ("quantized", "fp")
+
+
+def check_propagate(method: str, value: str) -> None:
+    """ConfigError unless ``value`` is a valid ``propagate`` mode."""
+    if value not in PROPAGATE:
+        from methods.registry import ConfigError
+        raise ConfigError(f"method '{method}': propagate={value!r}; valid: {', '.join(PROPAGATE)}")
 Hook = Callable[[torch.Tensor, torch.Tensor], None]  # (input x [.., K], output y [.., N])
 
 

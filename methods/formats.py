@@ -48,7 +48,6 @@ in effective bits); block formats quantize their scales exactly as the spec says
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engine import PROPAGATE, BlockContext, InputScale, run_layerwise
+from .engine import BlockContext, check_propagate, InputScale, run_layerwise
 from .formats import get_format
 from .qmodules import ActQuantizer, make_quant_module, quantizable_modules, set_module
 from .quantizers import QuantizedWeight, group_size_for, int_qparams
@@ -266,8 +266,7 @@ def validate_gptq_fields(cfg, spec: QuantSpec, method: str) -> None:
     if w.granularity == "input_channel" and w.format != "int":
         raise ConfigError(f"method '{method}': quant.weights.granularity=input_channel supports "
                           f"format 'int' only, not {w.format!r}")
-    if cfg.propagate not in PROPAGATE:
-        raise ConfigError(f"method '{method}': propagate={cfg.propagate!r}; valid: {', '.join(PROPAGATE)}")
+    check_propagate(method, cfg.propagate)
 
 
 def require_batches(method: str, batches) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import PROPAGATE, BlockContext, run_layerwise, scale_inputs
+from .engine import BlockContext, check_propagate, run_layerwise, scale_inputs
 from .gptq import require_batches, round_block, rtn_outside_blocks, validate_base
 from .registry import ConfigError, Method, MethodConfig, register_method
 
@@ -98,8 +98,7 @@ class SmoothQuant(Method):
             raise ConfigError(f"method '{name}': alpha={c.alpha}; must be in [0, 1]")
         if c.layers not in LAYERS:
             raise ConfigError(f"method '{name}': layers={c.layers!r}; valid: {', '.join(LAYERS)}")
-        if c.propagate not in PROPAGATE:
-            raise ConfigError(f"method '{name}': propagate={c.propagate!r}; valid: {', '.join(PROPAGATE)}")
+        check_propagate(name, c.propagate)
         if c.base == "gptq" and self.spec.weights is None:
             raise ConfigError(f"method '{name}': base=gptq needs quant.weights")
         if self.spec.weights is not None:

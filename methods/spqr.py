@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import PROPAGATE, BlockContext, run_layerwise
+from .engine import BlockContext, check_propagate, run_layerwise
 from .gptq import (Hessian, prepare_hessian, require_batches, rtn_outside_blocks,
                    static_act_quantizer, with_input_scale, _scaled_input)
 from .qmodules import make_quant_module
@@ -197,8 +197,7 @@ class SpQR(Method):
         if c.stat_bits < 1 or c.stat_group < 1 or c.outlier_threshold <= 0:
             raise ConfigError(f"method '{name}': stat_bits, stat_group must be >= 1 and "
                               "outlier_threshold > 0")
-        if c.propagate not in PROPAGATE:
-            raise ConfigError(f"method '{name}': propagate={c.propagate!r}; valid: {', '.join(PROPAGATE)}")
+        check_propagate(name, c.propagate)
 
     def calibrate(self, model, batches) -> None:
         require_batches(self.config.name, batches)

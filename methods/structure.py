@@ -39,7 +39,7 @@ norm-fed group is taken as attention.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
