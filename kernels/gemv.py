@@ -25,6 +25,7 @@ import triton.language as tl
 
 from kernels import _asm
 from kernels.packing import PackedWeight, values_per_word
+from kernels._tiles import store_or_add
 
 MAX_WT = 128  # words per chunk when a group is longer (per-channel)
 
@@ -162,10 +163,7 @@ def _gemv2_kernel(x_ptr, x32_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
         if pid_k == 0:
             y += tl.load(bias_ptr + rows, mask=rmask, other=0).to(tl.float32)
     optr = out_ptr + m * stride_om + rows
-    if SPLIT_K == 1:
-        tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=rmask)
-    else:
-        tl.atomic_add(optr, y, mask=rmask, sem="relaxed")
+    store_or_add(optr, y, rmask, SPLIT_K)
 
 
 def _pow2_ceil(v: int) -> int:

@@ -18,6 +18,7 @@ import triton.language as tl
 from kernels._tuning import tuned
 from kernels.reference import FP8_MAX, INT8_MAX
 from kernels.weight_only import KernelInputError
+from kernels._tiles import grouped_tile
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FORMATS = ("int8", "fp8")
@@ -72,13 +73,7 @@ def _scaled_mm_kernel(a_ptr, b_ptr, as_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                       NUM_STAGES: tl.constexpr):
     pid = tl.program_id(0)
-    n_m = tl.cdiv(M, BLOCK_M)
-    n_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * n_n
-    first_m = (pid // width) * GROUP_M
-    gm = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gm
-    pid_n = (pid % width) // gm
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)

@@ -29,6 +29,7 @@ import triton.language as tl
 from kernels import _asm
 from kernels import dequant as _dequant
 from kernels import gemv as _gemv2
+from kernels._tiles import grouped_tile, store_or_add
 from kernels._tuning import interpreting, tuned
 from kernels.packing import PackedWeight, values_per_word
 
@@ -98,10 +99,7 @@ def _gemv_kernel(x_ptr, x32_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
         if pid_k == 0:
             y += tl.load(bias_ptr + rows, mask=rmask, other=0).to(tl.float32)
     optr = out_ptr + m * stride_om + rows
-    if SPLIT_K == 1:
-        tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=rmask)
-    else:
-        tl.atomic_add(optr, y, mask=rmask, sem="relaxed")
+    store_or_add(optr, y, rmask, SPLIT_K)
 
 
 @triton.jit
@@ -178,13 +176,7 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
     BLOCK_K: tl.constexpr = BLOCK_W * PP
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    n_m = tl.cdiv(M, BLOCK_M)
-    n_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * n_n
-    first_m = (pid // width) * GROUP_M
-    gm = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % gm
-    pid_n = (pid % width) // gm
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask = rm < M
@@ -233,10 +225,7 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
             acc += tl.load(bias_ptr + rn, mask=nmask, other=0).to(tl.float32)[None, :]
     optr = out_ptr + rm[:, None] * stride_om + rn[None, :]
     omask = mmask[:, None] & nmask[None, :]
-    if SPLIT_K == 1:
-        tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=omask)
-    else:
-        tl.atomic_add(optr, acc, mask=omask, sem="relaxed")
+    store_or_add(optr, acc, omask, SPLIT_K)
 
 
 # ----------------------------------------------------------------------------- host side
