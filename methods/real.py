@@ -13,6 +13,14 @@ for every quantized layer; the run record stores it. Two real kinds:
   activation scale is absmax/127 where the fake quantizer uses 2*absmax/255,
   so outputs agree to activation-rounding noise, not bit for bit.
 
+Both forwards are ``torch.compile``-friendly: under dynamo tracing they call the
+custom ops of ``kernels.ops`` (``torch.ops.bitsweep.*``, opaque to the
+compiler, with fake impls for shapes); in eager mode they call the same kernel
+functions directly, skipping the custom-op dispatcher's ~10-20 us of host
+overhead per call, so eager numbers are those of the kernels either way. Run
+one eager forward per input shape before compiling or CUDA-graph capture: the
+kernels tune their configs on the first CUDA call per shape.
+
 Everything else stays fake and the reason is logged. The dequantized weight
 is dropped from real modules (that is the memory saving), so a real model
 cannot be switched back; keep the fake model if you need both.
@@ -25,6 +33,7 @@ import torch
 from torch import nn
 
 import kernels
+from kernels import ops
 from kernels._tuning import interpreting
 from kernels.packing import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, PackedWeight
 
@@ -55,7 +64,11 @@ class RealWeightOnlyLinear(nn.Module):
                             self.in_features, self.out_features, self.sym)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.weight_only_linear(x.to(self.dtype), self.packed, self.bias)
+        x = x.to(self.dtype)
+        if torch.compiler.is_compiling():
+            return ops.weight_only_linear_op(x, self.qweight, self.scale, self.szero, self.bias, self.bits,
+                                             self.group_size, self.in_features, self.out_features, self.sym)
+        return kernels.weight_only_linear(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, w=int{self.bits} g{self.group_size}, mode=real"
@@ -74,7 +87,10 @@ class RealW8A8Linear(nn.Module):
         self.mode = "real"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.w8a8_linear(x.to(self.dtype), self.wq, self.w_scale, self.bias)
+        x = x.to(self.dtype)
+        if torch.compiler.is_compiling():
+            return ops.w8a8_linear_op(x, self.wq, self.w_scale, self.bias)
+        return kernels.w8a8_linear(x, self.wq, self.w_scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, w8a8 int8, mode=real"

@@ -62,3 +62,24 @@ def test_ineligible_layers_stay_fake_with_reason():
     spec5 = QuantSpec(weights=WeightSpec(bits=5, granularity="group", group_size=32))
     report5 = to_real(_swap(_model(3), spec5))
     assert report5["0"].startswith("fake: bits=5")
+
+
+def test_real_forward_equals_custom_op():
+    """The torch.ops.bitsweep ops (what torch.compile sees) give the eager forward's numbers exactly."""
+    import kernels.ops  # noqa: F401  (registers torch.ops.bitsweep.*)
+    spec = QuantSpec(weights=WeightSpec(bits=4, granularity="group", group_size=32, sym=False))
+    real = _swap(_model(4), spec)
+    to_real(real)
+    m = real[0]
+    x = torch.randn(2, 3, 64)
+    y = m(x)
+    y_op = torch.ops.bitsweep.weight_only_linear(x, m.qweight, m.scale, m.szero, m.bias, m.bits,
+                                                 m.group_size, m.in_features, m.out_features, m.sym)
+    assert y.shape == (2, 3, 96) and torch.equal(y, y_op)
+    spec8 = QuantSpec(weights=WeightSpec(bits=8, granularity="channel", sym=True),
+                      activations=ActSpec(bits=8, granularity="token"))
+    real8 = _swap(_model(5), spec8).half()
+    to_real(real8)
+    w8 = real8[0]
+    xh = torch.randn(3, 64).half()
+    assert torch.equal(w8(xh), torch.ops.bitsweep.w8a8_linear(xh, w8.wq, w8.w_scale, w8.bias))

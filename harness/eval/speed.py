@@ -5,6 +5,12 @@ static KV cache (transformers ``StaticCache``, sized for every step taken); on
 CUDA one step is captured in a CUDA graph and replayed (``cuda_graph: true``),
 so launch overhead is not what is measured (the row's ``mode`` tag says whether
 the graph ran). Prefill is one forward of ``prefill_tokens`` tokens at batch 1.
+With ``compile: true`` the decode step and the prefill forward are wrapped in
+``torch.compile`` (``compile_mode``, fullgraph=False, dynamic=False; real
+quantized linears are opaque custom ops, see ``kernels.ops``), warmed up
+(compiled) eagerly, then captured in the CUDA graph as above; the mode tag
+reads "static+compile+graph". If compiling raises, the uncompiled step is timed,
+the reason is logged, and the tag says "compile failed" -- never silently.
 Timings are CUDA-event medians over ``repeats``. Without CUDA every row is
 reported unavailable ("no CUDA device"), never a made-up number.
 
@@ -16,12 +22,46 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
+from methods.registry import ConfigError
 
 log = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+COMPILE_WARMUPS = 3  # compiled calls before timing/capture (compilation happens in the first)
+
+
+def compile_step(step: Callable[[], object], mode: str = "default", backend: str = "inductor",
+                 warmups: int = COMPILE_WARMUPS) -> tuple[Callable[[], object], str | None]:
+    """(torch.compile'd step, None), or (step, reason) when compiling or a warm-up call raises.
+
+    Compilation is lazy, so the warm-up calls are where it happens; each call
+    runs the step once (a decode step advances a StaticCache by one). The
+    caller must have run ``step`` eagerly first (kernel tuning must not run
+    inside tracing or graph capture). CUDA-graph wrapping is left to the
+    caller, so ``mode`` must not be one that adds cudagraphs ("reduce-overhead").
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r} is not supported; valid: {COMPILE_MODES}")
+    torch.compiler.reset()  # drop graphs (and their guards on old models) from earlier measurements
+    kwargs = dict(mode=mode) if backend == "inductor" else {}
+    try:
+        compiled = torch.compile(step, backend=backend, fullgraph=False, dynamic=False, **kwargs)
+        for _ in range(warmups):
+            compiled()
+    # Any failure inside dynamo/inductor (their exception types vary by version) means: time uncompiled.
+    except Exception as err:  # noqa: BLE001
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        reason = f"{type(err).__name__}: {first_line[:200]}"
+        log.warning("torch.compile failed (%s); timing the uncompiled step", reason, exc_info=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return step, reason
+    return compiled, None
 
 
 def _events_ms(fn, repeats: int) -> float:
@@ -36,15 +76,29 @@ def _events_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-@torch.inference_mode()
 def measure_prefill(model, tokens: int, repeats: int = 5, vocab: int | None = None) -> float:
-    """Tokens/s of one batch-1 forward over ``tokens`` random token ids (no cache)."""
+    """Tokens/s of one batch-1 forward over ``tokens`` random token ids (no cache, eager)."""
+    return measure_prefill_mode(model, tokens, repeats, vocab)[0]
+
+
+@torch.inference_mode()
+def measure_prefill_mode(model, tokens: int, repeats: int = 5, vocab: int | None = None,
+                         compile: bool = False, compile_mode: str = "default") -> tuple[float, str]:
+    """(prefill tokens/s, mode): mode "eager", "compile", or "eager; compile failed: <reason>"."""
     dev = next(model.parameters()).device
     vocab = vocab or model.config.vocab_size
     ids = torch.randint(0, vocab, (1, tokens), device=dev, generator=torch.Generator(dev).manual_seed(0))
-    model(ids, use_cache=False)  # warm-up (kernel tuning, compilation)
-    ms = _events_ms(lambda: model(ids, use_cache=False), repeats)
-    return tokens / (ms / 1e3)
+
+    def fwd():
+        return model(ids, use_cache=False).logits
+
+    fwd()  # warm-up (kernel tuning) outside any tracing
+    run, mode = fwd, "eager"
+    if compile:
+        run, failed = compile_step(fwd, compile_mode)
+        mode = "compile" if failed is None else f"eager; compile failed: {failed}"
+    ms = _events_ms(run, repeats)
+    return tokens / (ms / 1e3), mode
 
 
 def _static_cache(model, batch: int, max_len: int):
@@ -58,20 +112,23 @@ def _static_cache(model, batch: int, max_len: int):
 
 @torch.inference_mode()
 def measure_decode(model, batch: int, steps: int, prompt_len: int = 32, cuda_graph: bool = True,
-                   repeats: int = 3) -> tuple[float, str]:
+                   repeats: int = 3, compile: bool = False, compile_mode: str = "default") -> tuple[float, str]:
     """(decode tokens/s = batch * steps / time, mode) with a static KV cache, one step per graph replay.
 
     Recent transformers StaticCache layers keep their own write position and
     advance it on every call (cache_position is ignored), graph replays
     included, so the cache is sized for every call this function makes
-    (prompt + warm-ups + repeats * steps): no out-of-bounds write. Every timed
-    step feeds the same token and position (the cost of a decode step does not
-    depend on them; attention runs over the static cache length either way).
-    ``mode`` says what ran: "static+graph", or "static" when graph capture
-    failed (the reason is logged).
+    (prompt + warm-ups + compile warm-ups + repeats * steps): no out-of-bounds
+    write. Every timed step feeds the same token and position (the cost of a
+    decode step does not depend on them; attention runs over the static cache
+    length either way). ``compile``: the step is torch.compile'd after the eager
+    warm-ups (see ``compile_step``) and the compiled step is what the graph captures.
+    ``mode`` says what ran: "static[+compile][+graph]", with "; compile failed:
+    <reason>" appended when compiling raised (uncompiled step timed); "+graph"
+    is missing when graph capture failed (reasons are logged).
     """
     dev = next(model.parameters()).device
-    max_len = prompt_len + (repeats + 1) * steps + 16
+    max_len = prompt_len + (repeats + 1) * steps + 16 + (COMPILE_WARMUPS if compile else 0)
     cache = _static_cache(model, batch, max_len)
     gen = torch.Generator(dev).manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=dev, generator=gen)
@@ -84,22 +141,16 @@ def measure_decode(model, batch: int, steps: int, prompt_len: int = 32, cuda_gra
                      use_cache=True).logits
 
     for _ in range(2):
-        step()  # warm-up: tuning and cache allocation happen outside capture
-    run, mode = step, "static"
+        step()  # warm-up: tuning and cache allocation happen outside capture and tracing
+    run, mode, failed = step, "static", None
+    if compile:
+        run, failed = compile_step(step, compile_mode)
+        mode = "static+compile" if failed is None else "static"
     if cuda_graph:
-        try:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                step()
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step()
-            run, mode = graph.replay, "static+graph"
-        except RuntimeError as err:
-            log.warning("CUDA graph capture failed, timing eager steps: %s", err)
-            torch.cuda.synchronize()
+        run, captured = _graphed(run)
+        mode += "+graph" if captured else ""
+    if failed is not None:
+        mode += f"; compile failed: {failed}"
 
     def loop():
         for _ in range(steps):
@@ -107,6 +158,24 @@ def measure_decode(model, batch: int, steps: int, prompt_len: int = 32, cuda_gra
 
     ms = _events_ms(loop, repeats)
     return batch * steps / (ms / 1e3), mode
+
+
+def _graphed(fn: Callable[[], object]) -> tuple[Callable[[], object], bool]:
+    """(replay of a CUDA graph of ``fn``, True), or (fn, False) when capture fails (logged)."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as err:
+        log.warning("CUDA graph capture failed, timing steps without a graph: %s", err)
+        torch.cuda.synchronize()
+        return fn, False
+    return graph.replay, True
 
 
 @register_evaluator("speed")
@@ -123,17 +192,26 @@ class Speed(Evaluator):
         prompt_len: int = 32
         cuda_graph: bool = True
         repeats: int = 3
+        compile: bool = False  # torch.compile the decode step and prefill forward (then graph-capture)
+        compile_mode: str = "default"  # one of COMPILE_MODES
+
+        def __post_init__(self):
+            if self.compile_mode not in COMPILE_MODES:
+                raise ConfigError(f"eval.speed.compile_mode={self.compile_mode!r} is not valid; "
+                                 f"valid: {COMPILE_MODES}")
 
     def evaluate(self, model, tokenizer, ctx: EvalContext) -> list[MetricRow]:
         c = self.config
         names = ["prefill_tok_s"] + [f"decode_tok_s_b{b}" for b in c.decode_batches]
         if not torch.cuda.is_available() or next(model.parameters()).device.type != "cuda":
             return [MetricRow(n, None, unavailable="no CUDA device") for n in names]
-        tags = dict(device=torch.cuda.get_device_name(), cuda_graph=c.cuda_graph)
-        rows = [MetricRow("prefill_tok_s", measure_prefill(model, c.prefill_tokens, c.repeats),
-                          tags=dict(tags, tokens=c.prefill_tokens))]
+        tags = dict(device=torch.cuda.get_device_name(), cuda_graph=c.cuda_graph, compile=c.compile)
+        tps, mode = measure_prefill_mode(model, c.prefill_tokens, c.repeats, compile=c.compile,
+                                         compile_mode=c.compile_mode)
+        rows = [MetricRow("prefill_tok_s", tps, tags=dict(tags, tokens=c.prefill_tokens, mode=mode))]
         for b in c.decode_batches:
-            tps, mode = measure_decode(model, b, c.decode_steps, c.prompt_len, c.cuda_graph, c.repeats)
+            tps, mode = measure_decode(model, b, c.decode_steps, c.prompt_len, c.cuda_graph, c.repeats,
+                                       c.compile, c.compile_mode)
             rows.append(MetricRow(f"decode_tok_s_b{b}", tps,
                                   tags=dict(tags, batch=b, steps=c.decode_steps, mode=mode)))
         real = ctx.record_extra.get("real_layers")
