@@ -71,7 +71,7 @@ def _scaled_mm_kernel(a_ptr, b_ptr, as_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K,
                       stride_am, stride_bn, stride_cm,
                       IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                      NUM_STAGES: tl.constexpr):
+                      NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr):
     pid = tl.program_id(0)
     pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -79,12 +79,17 @@ def _scaled_mm_kernel(a_ptr, b_ptr, as_ptr, bs_ptr, bias_ptr, c_ptr, M, N, K,
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32 if IS_INT else tl.float32)
     ZERO: tl.constexpr = 0 if IS_INT else 0.0  # an int 0 cannot be cast to fp8 (H100 run 3)
-    a_ptrs = a_ptr + rm[:, None] * stride_am + rk[None, :]
-    b_ptrs = b_ptr + rn[:, None] * stride_bn + rk[None, :]
+    # clamped rows: loads stay in bounds without masks (the store is masked)
+    a_ptrs = a_ptr + tl.where(rm < M, rm, 0)[:, None] * stride_am + rk[None, :]
+    b_ptrs = b_ptr + tl.where(rn < N, rn, 0)[:, None] * stride_bn + rk[None, :]
     for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):
-        kmask = (k0 + rk) < K
-        a = tl.load(a_ptrs, mask=(rm < M)[:, None] & kmask[None, :], other=ZERO)
-        b = tl.load(b_ptrs, mask=(rn < N)[:, None] & kmask[None, :], other=ZERO)
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            kmask = (k0 + rk) < K
+            a = tl.load(a_ptrs, mask=kmask[None, :], other=ZERO)
+            b = tl.load(b_ptrs, mask=kmask[None, :], other=ZERO)
         acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if IS_INT else tl.float32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
@@ -102,7 +107,8 @@ def _mm_fixed() -> dict:
 
 
 def _mm_candidates(m: int) -> list[dict]:
-    tiles = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 64, 8, 4)]
+    tiles = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 64, 8, 4),
+             (128, 256, 128, 8, 4), (128, 128, 128, 4, 4)]
     if m <= 64:
         tiles = [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 64, 128, 4, 3), (64, 128, 128, 4, 3)]
     return [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_STAGES=st, num_warps=w)
@@ -147,7 +153,8 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
             xq, wq, x_scale, w_scale, bias if bias is not None else out, out, m, n, k,
             xq.stride(0), wq.stride(0), out.stride(0), IS_INT=fmt == "int8", HAS_BIAS=bias is not None,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-            GROUP_M=cfg["GROUP_M"], NUM_STAGES=cfg["NUM_STAGES"], num_warps=cfg["num_warps"])
+            GROUP_M=cfg["GROUP_M"], NUM_STAGES=cfg["NUM_STAGES"], EVEN_K=k % cfg["BLOCK_K"] == 0,
+            num_warps=cfg["num_warps"])
         return out
 
     key = (m if m <= 64 else triton.next_power_of_2(m), n, k, fmt, str(out_dtype))

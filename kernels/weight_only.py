@@ -29,15 +29,18 @@ import triton.language as tl
 from kernels import _asm
 from kernels import dequant as _dequant
 from kernels import gemv as _gemv2
+from kernels import wo_mma as _mma
 from kernels._tiles import grouped_tile, store_or_add
 from kernels._tuning import interpreting, tuned
 from kernels.packing import PackedWeight, values_per_word
 
 log = logging.getLogger(__name__)
 
-GEMV_MAX_M = 4
-DEQUANT_MIN_M = 32  # from here on: dequantize once + torch matmul (beats the fused GEMM, NOTES.md)
-PATHS = ("gemv", "gemv_plain", "gemv_v1", "gemm", "dequant")
+GEMV_MAX_M = 4  # GEMV for M <= this when the fused MMA kernel cannot take the layout
+MMA_GEMV_MAX_M = 1  # with an MMA-capable layout only M = 1 stays on the GEMV
+MMA_MAX_M = 1 << 62  # fused MMA up to this M on CUDA, dequant + torch matmul above (NOTES.md)
+DEQUANT_MIN_M = 32  # layouts without the MMA path: dequantize once + torch matmul from here on
+PATHS = ("gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -329,12 +332,24 @@ def _asm_ok(x2: torch.Tensor, pw: PackedWeight) -> bool:
             and x2.dtype in (torch.float16, torch.bfloat16) and pw.in_features % 2 == 0)
 
 
-def _default_path(m: int, x2: torch.Tensor) -> str:
+def _mma_ok(x2: torch.Tensor, pw: PackedWeight) -> bool:
+    return _mma.supported(pw, x2.dtype) and _mma._block_w_ok(pw, _mma.fixed_config(1)["BLOCK_W"])
+
+
+def _asm_ok8(x2: torch.Tensor) -> bool:
+    """8-bit codes dequantize exactly with the fp16 magic number (1024 + q), fp16/bf16 activations."""
+    return not interpreting() and x2.is_cuda and x2.dtype in (torch.float16, torch.bfloat16)
+
+
+def _default_path(m: int, x2: torch.Tensor, pw: PackedWeight) -> str:
+    on_gpu = x2.is_cuda and not interpreting()
+    if _mma_ok(x2, pw):
+        if m <= MMA_GEMV_MAX_M:
+            return "gemv"
+        return "dequant" if on_gpu and m > MMA_MAX_M else "mma"
     if m <= GEMV_MAX_M:
         return "gemv"
-    if m >= DEQUANT_MIN_M and x2.is_cuda and not interpreting():
-        return "dequant"
-    return "gemm"
+    return "dequant" if on_gpu and m >= DEQUANT_MIN_M else "gemm"
 
 
 def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None,
@@ -358,9 +373,11 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
     m = x2.shape[0]
     if m == 0:
         return x.new_zeros(*lead, pw.out_features)
-    path = path or _default_path(m, x2)
+    path = path or _default_path(m, x2, pw)
     if path in ("gemv", "gemv_plain") and not _gemv2.supported(pw):
         path = "gemv_v1"
+    if path == "mma" and not _mma_ok(x2, pw):
+        path = "gemm"
     key = (m, pw.out_features, pw.in_features, pw.bits, pw.group_size, str(x2.dtype))
     if path in ("gemv", "gemv_plain"):
         use_asm = path == "gemv" and _asm_ok(x2, pw)
@@ -376,6 +393,13 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
                               _gemv_candidates(pw.out_features, pw.qweight.shape[1], pw.words_per_group),
                               lambda c: _launch_gemv(x2, pw, bias, c, use_asm))
         y = _launch_gemv(x2, pw, bias, cfg, use_asm)
+    elif path == "mma":
+        use_asm = _asm_ok(x2, pw) or (pw.bits == 8 and _asm_ok8(x2))
+        cfg = config or tuned(f"mma{'_asm' if use_asm else ''}", key, _mma.fixed_config(m),
+                              _mma.default_config(m, pw.out_features, pw),
+                              _mma.candidates(m, pw.out_features, pw),
+                              lambda c: _mma.mma(x2, pw, bias, c, use_asm))
+        y = _mma.mma(x2, pw, bias, cfg, use_asm)
     elif path == "gemm":
         cfg = config or tuned("gemm", key, _gemm_fixed(m),
                               _gemm_default(m, pw.out_features, pw.qweight.shape[1]),

@@ -1,23 +1,26 @@
-"""GPU variant sweep for the weight-only kernels: one call compiles, checks and times many configs.
+"""GPU variant sweep for the weight-only and W8A8 kernels: one call checks and times many configs.
 
-Usage: python scripts/kernels_sweep.py [--out DIR]. Prints one line per (case, variant) and a
-summary table last; writes DIR/sweep.json. Every variant is checked against the fp32 reference
-on fresh random inputs (rel err) before it is timed (L2 flushed, median of do_bench).
+Usage: python scripts/kernels_sweep.py [--out DIR] [--part check,gemv,lowbit,mma,fp8]
+Prints one line per (case, variant) and a summary last; writes DIR/sweep.json after every part.
+Every timed variant is first checked against the fp32 reference on fresh random inputs (rel err).
+Times: kernels._timing.gpu_time_us (CUDA-graph replays, L2 flushed, device time only).
 """
 import argparse
 import itertools
 import json
+import os
 import pathlib
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
-from kernels import gemv as G
 from kernels import reference as R
+from kernels import wo_mma
 from kernels._timing import gpu_time_us
-from kernels.dequant import dequantize
 from kernels.packing import random_packed
+from kernels.w8a8 import _mm_candidates, quantize_activation, scaled_mm
 from kernels.weight_only import weight_only_linear
 
 
@@ -30,81 +33,200 @@ def rel(y, r) -> float:
     return float("nan") if not torch.isfinite(y).all() else float((y - r).norm() / r.norm())
 
 
-def run_case(rows, label, pw, x, path, cfg=None):
+def run_case(rows, label, pw, x, path, cfg=None, check=True):
     try:
         y = weight_only_linear(x, pw, path=path, config=cfg)
-        err = rel(y, R.weight_only_linear(x, pw))
+        err = rel(y, R.weight_only_linear(x, pw)) if check else float("nan")
         us = bench(lambda: weight_only_linear(x, pw, path=path, config=cfg))
     except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
-        print(f"{label} {path} {cfg}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+        print(f"{label} {path} {cfg}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
         rows.append(dict(label=label, path=path, cfg=cfg, us=None, err=None, fail=str(e)[:300]))
         return None
     rows.append(dict(label=label, path=path, cfg=cfg, us=us, err=err))
-    print(f"{label:<28} {path:<10} {us:9.2f} us err={err:.1e} {cfg}", flush=True)
+    print(f"{label:<26} {path:<6} {us:9.2f} us err={err:.1e} {cfg}", flush=True)
     return us
+
+
+def best_of(rows, label, pw, x, path, cfgs, check=True):
+    best = (None, float("inf"))
+    for cfg in cfgs:
+        us = run_case(rows, label, pw, x, path, cfg, check)
+        if us is not None and us < best[1]:
+            best = (cfg, us)
+    return best
+
+
+def part_check(rows, summary):
+    """Correctness of the MMA kernel (PTX dequant) on the GPU, then the old check script."""
+    os.environ["BITSWEEP_TUNE"] = "0"
+    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2, torch.float32: 1e-4}
+    bad = 0
+    for bits in (2, 4, 8):
+        for g, k in ((32, 256), (128, 1024), (None, 512)):
+            g = g or k
+            pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
+            for dtype in (torch.float16, torch.bfloat16):
+                for m, swap, bm, bn in ((16, True, 16, 64), (77, True, 32, 128), (300, False, 128, 128)):
+                    bw = wo_mma._fit_block_w(pw, 64 // (32 // bits))
+                    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_W=bw, SPLIT_K=2 if swap else 1, GROUP_M=8,
+                               SWAP=swap, num_warps=4, NUM_STAGES=3)
+                    x = torch.randn(m, k, device="cuda", dtype=dtype)
+                    b = torch.randn(200, device="cuda", dtype=dtype)
+                    try:
+                        e = rel(weight_only_linear(x, pw, b, path="mma", config=cfg), R.weight_only_linear(x, pw, b))
+                    except Exception as err:  # noqa: BLE001
+                        e = float("nan")
+                        print("mma check FAILED", type(err).__name__, str(err)[:300], flush=True)
+                    ok = e < tol[dtype]
+                    bad += not ok
+                    rows.append(dict(label=f"check mma w{bits} g{g} K={k} {dtype} M={m} swap={swap}", err=e, ok=ok))
+                    if not ok or m == 16:
+                        print(f"mma w{bits} g{g} K={k} {dtype} M={m} swap={swap}: rel={e:.2e} {'OK' if ok else 'FAIL'}",
+                              flush=True)
+    summary.append(f"mma check failures: {bad}")
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import kernels_check
+    summary.append(f"kernels_check (default paths, BITSWEEP_TUNE=0) exit: {kernels_check.main()}")
+    os.environ["BITSWEEP_TUNE"] = "1"
+
+
+def part_gemv(rows, summary):
+    k = n = 8192
+    pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=1)
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    w16 = torch.randn(n, k, device="cuda", dtype=torch.float16)
+    t_torch = bench(lambda: F.linear(x, w16))
+    del w16
+    cfgs = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=wp, X_VEC=True, num_stages=1, PREFETCH=pf, EVICT=ev)
+            for pf, ev, bn, tw, wp in itertools.product((False, True), (False, True), (8, 16, 32), (128, 256), (4, 8))]
+    cfgs += [dict(BLOCK_N=16, TILE_W=128, SPLIT_K=1, num_warps=4, X_VEC=True, num_stages=3),
+             dict(BLOCK_N=4, TILE_W=128, SPLIT_K=1, num_warps=2, X_VEC=True, num_stages=1, PREFETCH=True)]
+    cfg, us = best_of(rows, "w4 M=1 8192^2 gemv", pw, x, "gemv", cfgs)
+    summary.append(f"W4 M=1 8192^2 gemv v2 best {us:.2f} us ({pw.nbytes() / us / 1e6:.2f} TB/s) {cfg}; "
+                   f"torch fp16 {t_torch:.2f} us -> {t_torch / us:.2f}x")
+    for diag in (1, 2):
+        d = run_case(rows, f"w4 M=1 diag{diag}", pw, x, "gemv", dict(cfg, DIAG=diag), check=False)
+        summary.append(f"  DIAG={diag} ({'loads only' if diag == 1 else 'no zero term'}): {d and round(d, 2)} us")
+    xb = x.to(torch.bfloat16)
+    ub = run_case(rows, "w4 bf16 M=1 8192^2 gemv", pw, xb, "gemv", cfg)
+    summary.append(f"  bf16 with that config: {ub and round(ub, 2)} us")
+    for kk, nn in ((8192, 28672), (28672, 8192)):
+        pw2, *_ = random_packed(nn, kk, 4, 128, device="cuda", seed=2)
+        x2 = torch.randn(1, kk, device="cuda", dtype=torch.float16)
+        top = sorted((r for r in rows if r.get("label") == "w4 M=1 8192^2 gemv" and r.get("us")),
+                     key=lambda r: r["us"])[:6]
+        c2, u2 = best_of(rows, f"w4 M=1 {kk}x{nn} gemv", pw2, x2, "gemv", [r["cfg"] for r in top])
+        summary.append(f"W4 M=1 K={kk} N={nn}: best {u2:.2f} us ({pw2.nbytes() / u2 / 1e6:.2f} TB/s) {c2}")
+    return cfg
+
+
+def part_lowbit(rows, summary, base_cfg):
+    for bits in (3, 2):
+        pw, *_ = random_packed(8192, 8192, bits, 128, device="cuda", seed=bits)
+        x = torch.randn(1, 8192, device="cuda", dtype=torch.float16)
+        if bits == 3:
+            cfgs = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=wp, X_VEC=False, num_stages=1, PREFETCH=pf,
+                         FLAT=True)
+                    for pf, bn, tw, wp in itertools.product((False, True), (8, 16, 32), (32, 64, 128), (4, 8))]
+            cfgs.append(dict(BLOCK_N=16, TILE_W=128, SPLIT_K=1, num_warps=4, X_VEC=False))  # padded chunks
+        else:
+            cfgs = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=wp, X_VEC=True, num_stages=1, PREFETCH=pf,
+                         EVICT=ev)
+                    for pf, ev, bn, tw, wp in itertools.product((False, True), (False, True), (8, 16, 32),
+                                                                (128, 256), (4,))]
+        cfg, us = best_of(rows, f"w{bits} M=1 8192^2 gemv", pw, x, "gemv", cfgs)
+        summary.append(f"W{bits} M=1 8192^2: best {us:.2f} us ({pw.nbytes() / us / 1e6:.2f} TB/s) {cfg}")
+
+
+def part_mma(rows, summary):
+    k = n = 8192
+    pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=5)
+    w16 = torch.randn(n, k, device="cuda", dtype=torch.float16)
+    from kernels.dequant import dequantize
+    for dc in ((32, 16), (16, 32), (64, 16), (16, 16), None):
+        summary.append(f"dequant 8192^2 fp16 dense_cfg={dc}: {bench(lambda: dequantize(pw, torch.float16, dc)):.1f} us")
+    for m in (2, 16, 64, 256, 1024, 4096):
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        t = bench(lambda: F.linear(x, w16))
+        cfgs = wo_mma.candidates(m, n, pw)
+        cfg, us = best_of(rows, f"w4 M={m} 8192^2 mma", pw, x, "mma", cfgs)
+        d = run_case(rows, f"w4 M={m} 8192^2", pw, x, "dequant")
+        g = run_case(rows, f"w4 M={m} 8192^2", pw, x, "gemm") if m <= 64 else None
+        summary.append(f"M={m}: torch {t:.1f} us | mma {us:.1f} ({t / us:.2f}x) {cfg} | dequant {d and round(d, 1)}"
+                       f" | gemm {g and round(g, 1)}")
+    del w16
+    for kk, nn in ((8192, 28672), (28672, 8192)):
+        pw2, *_ = random_packed(nn, kk, 4, 128, device="cuda", seed=2)
+        w2 = torch.randn(nn, kk, device="cuda", dtype=torch.float16)
+        for m in (16, 1024):
+            x = torch.randn(m, kk, device="cuda", dtype=torch.float16)
+            t = bench(lambda: F.linear(x, w2))
+            cfg, us = best_of(rows, f"w4 M={m} {kk}x{nn} mma", pw2, x, "mma", wo_mma.candidates(m, nn, pw2))
+            summary.append(f"M={m} K={kk} N={nn}: torch {t:.1f} us | mma {us:.1f} ({t / us:.2f}x) {cfg}")
+        del w2
+
+
+def part_fp8(rows, summary):
+    m = k = n = 8192
+    m = 4096
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    t = bench(lambda: F.linear(a, w))
+    for fmt in ("fp8", "int8"):
+        q, s = quantize_activation(a, fmt)
+        wq, ws = (R.quantize_weight_int8 if fmt == "int8" else R.quantize_weight_fp8)(w)
+        ref = (R.int8_scaled_mm if fmt == "int8" else R.fp8_scaled_mm)(q, s, wq, ws, None, torch.bfloat16)
+        best = (None, float("inf"))
+        for cfg in _mm_candidates(m):
+            try:
+                e = rel(scaled_mm(q, s, wq, ws, None, torch.bfloat16, config=cfg), ref)
+                us = bench(lambda: scaled_mm(q, s, wq, ws, None, torch.bfloat16, config=cfg))
+            except Exception as err:  # noqa: BLE001
+                print(f"{fmt} {cfg}: FAILED {type(err).__name__}: {str(err)[:300]}", flush=True)
+                rows.append(dict(label=f"{fmt} M=4096 8192^2", cfg=cfg, us=None, fail=str(err)[:300]))
+                continue
+            rows.append(dict(label=f"{fmt} M=4096 8192^2", cfg=cfg, us=us, err=e))
+            print(f"{fmt} M=4096 8192^2 {us:9.2f} us ({2 * m * n * k / us / 1e6:.0f} TFLOP/s) err={e:.1e} {cfg}",
+                  flush=True)
+            if us < best[1]:
+                best = (cfg, us)
+        ts = None
+        if fmt == "fp8":
+            try:
+                ts = bench(lambda: torch._scaled_mm(q, wq.t(), scale_a=s[:, None], scale_b=ws[None, :],
+                                                    out_dtype=torch.bfloat16))
+            except Exception as err:  # noqa: BLE001
+                print("torch._scaled_mm failed:", str(err)[:200], flush=True)
+        summary.append(f"{fmt} M=4096 8192^2: best {best[1]:.1f} us = {t / best[1]:.2f}x torch bf16 ({t:.1f} us) "
+                       f"{best[0]}; torch._scaled_mm {ts and round(ts, 1)}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
-    ap.add_argument("--part", default="gemv,gemm")
+    ap.add_argument("--part", default="check,gemv,lowbit,mma,fp8")
     args = ap.parse_args()
     parts = args.part.split(",")
     rows, summary = [], []
-    torch.manual_seed(0)
-    if "gemv" in parts:
-        grid = list(itertools.product((4, 8, 16, 32), (128, 256), (4, 8), (True,)))
-        grid += [(8, 128, 4, False), (16, 128, 4, False), (8, 256, 4, False), (4, 64, 4, True), (8, 64, 4, True)]
-        for k, n in ((8192, 8192),):
-            pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=k + n)
-            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-            w16 = torch.randn(n, k, device="cuda", dtype=torch.float16)
-            t_torch = bench(lambda: F.linear(x, w16))
-            del w16
-            best = (None, 1e9)
-            cands = grid if (k, n) == (8192, 8192) else [c for c in grid if c[0] in (8, 16) and c[2] == 4]
-            for bn, tw, warps, xv in cands:
-                cfg = dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=warps, X_VEC=xv)
-                us = run_case(rows, f"w4 M=1 {k}x{n}", pw, x, "gemv", cfg)
-                if us and us < best[1]:
-                    best = (cfg, us)
-            v1 = run_case(rows, f"w4 M=1 {k}x{n}", pw, x, "gemv_v1")
-            summary.append(f"W4 M=1 K={k} N={n}: v2 best {best[1]:.2f} us {best[0]} "
-                           f"({pw.nbytes() / best[1] / 1e6:.2f} TB/s); v1 {v1}; torch fp16 {t_torch:.2f} us")
-            xb = x.to(torch.bfloat16)
-            ub = run_case(rows, f"w4 bf16 M=1 {k}x{n}", pw, xb, "gemv", best[0])
-            summary.append(f"  bf16 with that cfg: {ub}")
-            for m in (4, 16):
-                xm = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                um = run_case(rows, f"w4 M={m} {k}x{n}", pw, xm, "gemv", best[0])
-                summary.append(f"  M={m} gemv v2: {um}")
-    if "lowbit" in parts:
-        for bits in (3, 2):
-            pw, *_ = random_packed(8192, 8192, bits, 128, device="cuda", seed=bits)
-            x = torch.randn(1, 8192, device="cuda", dtype=torch.float16)
-            best = (None, 1e9)
-            for bn, tw, warps in ((8, 128, 4), (16, 128, 4), (16, 256, 4), (8, 256, 4), (32, 128, 8), (16, 256, 8)):
-                for xv in ((True, False) if bits == 2 else (False,)):
-                    cfg = dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=warps, X_VEC=xv)
-                    us = run_case(rows, f"w{bits} M=1 8192^2", pw, x, "gemv", cfg)
-                    if us and us < best[1]:
-                        best = (cfg, us)
-            summary.append(f"W{bits} M=1 8192^2: best {best[1]:.2f} us {best[0]}")
-    if "gemm" in parts:
-        k = n = 8192
-        pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=5)
-        w16 = torch.randn(n, k, device="cuda", dtype=torch.float16)
-        summary.append(f"dequant 8192^2 -> fp16: {bench(lambda: dequantize(pw, torch.float16)):.2f} us")
-        for m in (16, 64, 256, 1024, 4096):
-            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            t = bench(lambda: F.linear(x, w16))
-            g = run_case(rows, f"w4 M={m} 8192^2", pw, x, "gemm")
-            d = run_case(rows, f"w4 M={m} 8192^2", pw, x, "dequant")
-            summary.append(f"M={m}: torch {t:.1f} us, gemm {g and round(g, 1)}, dequant {d and round(d, 1)}"
-                           f" -> x torch gemm {g and t / g:.2f} dequant {d and t / d:.2f}")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(dict(rows=rows, summary=summary), indent=1))
+    torch.manual_seed(0)
+    base = None
+    for name in parts:
+        t0 = time.time()
+        if name == "check":
+            part_check(rows, summary)
+        elif name == "gemv":
+            base = part_gemv(rows, summary)
+        elif name == "lowbit":
+            part_lowbit(rows, summary, base)
+        elif name == "mma":
+            part_mma(rows, summary)
+        elif name == "fp8":
+            part_fp8(rows, summary)
+        summary.append(f"[{name}: {time.time() - t0:.0f} s]")
+        (out / "sweep.json").write_text(json.dumps(dict(rows=rows, summary=summary), indent=1))
+        print("\n".join(summary[-3:]), flush=True)
     print("\n==== SUMMARY ====")
     print("\n".join(summary))
     return 0

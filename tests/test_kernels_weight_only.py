@@ -75,3 +75,61 @@ def test_x_vec_only_without_padded_slots():
     assert x_vec_ok(random_packed(4, 256, 4, 128)[0]) and x_vec_ok(random_packed(4, 256, 2, 64)[0])
     assert not x_vec_ok(random_packed(4, 1000, 2, 1000)[0])  # 1000 % 16 != 0: padded slots
     assert not x_vec_ok(random_packed(4, 256, 3, 128)[0]) and not x_vec_ok(random_packed(4, 256, 8, 128)[0])
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("group,k", [(32, 128), (128, 256), (None, 64)])
+def test_mma_path_matches_reference(bits, group, k):
+    """Fused MMA kernel (plain-integer dequant under the interpreter), both orientations, ragged M and N."""
+    from kernels import wo_mma
+    g = group or k
+    n = 37
+    pw, *_ = random_packed(n, k, bits, g, seed=bits * 7 + k, fractional_zero=True)
+    gen = torch.Generator().manual_seed(bits * k)
+    r_bias = torch.randn(n, generator=gen)
+    for m, dtype, swap in ((2, torch.float32, True), (19, torch.float16, True), (5, torch.float16, False)):
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        bias = r_bias.to(dtype)
+        cfg = wo_mma.fixed_config(m)
+        cfg.update(SWAP=swap, BLOCK_W=wo_mma._fit_block_w(pw, cfg["BLOCK_W"]))
+        y = weight_only_linear(x, pw, bias, path="mma", config=cfg)
+        r = R.weight_only_linear(x, pw, bias)
+        assert y.dtype == x.dtype and y.shape == (m, n)
+        err = ((y.float() - r.float()).norm() / r.float().norm()).item()
+        assert err < TOL[dtype], (m, dtype, swap, err)
+
+
+def test_mma_split_k_and_dispatch():
+    from kernels import weight_only as W
+    pw, *_ = random_packed(24, 512, 4, 128, seed=3)
+    x = torch.randn(6, 512)
+    assert W._default_path(6, x, pw) == "mma" and W._default_path(1, x, pw) == "gemv"
+    pw3, *_ = random_packed(24, 512, 3, 128, seed=3)
+    assert W._default_path(6, x, pw3) == "gemm"  # 3-bit groups pad their last word: no MMA path
+    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_W=4, SPLIT_K=3, GROUP_M=1, SWAP=True, num_warps=4, NUM_STAGES=1)
+    y = weight_only_linear(x, pw, path="mma", config=cfg)  # 16 word blocks over 3 splits: ragged
+    torch.testing.assert_close(y, R.weight_only_linear(x, pw), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,split", [(2048, 1), (4096, 3)])
+def test_gemv_flat_tiles_for_padded_groups(k, split):
+    """3-bit g128 (13 words per group, padded): FLAT chunks of 16 words straddle groups; scale/zero per word."""
+    from kernels.gemv import flat_ok
+    pw, *_ = random_packed(21, k, 3, 128, seed=k, fractional_zero=True)
+    assert flat_ok(pw, 16)
+    x = torch.randn(1, k)
+    cfg = dict(BLOCK_N=8, TILE_W=16, SPLIT_K=split, num_warps=4, X_VEC=False, FLAT=True)
+    y = weight_only_linear(x, pw, path="gemv", config=cfg)
+    r = R.weight_only_linear(x, pw)
+    assert ((y - r).norm() / r.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("bits,group", [(4, 128), (2, 32), (8, 64)])
+def test_dense_dequant_kernel(bits, group):
+    """The vectorized dequant kernel (dense layouts) equals the packing reference, in fp16."""
+    from kernels.dequant import _dense_ok, dequantize
+    from kernels.packing import dequantize as ref_dequant
+    pw, *_ = random_packed(64, 512, bits, group, seed=bits, fractional_zero=True)
+    assert _dense_ok(pw, torch.float16, 32, 16)
+    w = dequantize(pw, torch.float16, dense_cfg=(32, 16))
+    torch.testing.assert_close(w, ref_dequant(pw, torch.float16), rtol=2e-3, atol=2e-4)
