@@ -122,19 +122,13 @@ def _dot_plain(q, x_ptr, xrow, kbase, wvalid, wig, BITS: tl.constexpr, GROUP: tl
 
 @triton.jit
 def _tile_words(c0, c_end, WT: tl.constexpr, WPG: tl.constexpr, CPG: tl.constexpr, GT: tl.constexpr,
-                GROUP: tl.constexpr, P: tl.constexpr, FLAT: tl.constexpr):
+                GROUP: tl.constexpr, P: tl.constexpr):
     """Word indices of the tile of GT chunks starting at chunk c0 -> (ch, cvalid, grp, word, wvalid, wig, kbase)."""
     wt = tl.arange(0, WT)
     ch = c0 + tl.arange(0, GT)  # chunk ids [GT]
     cvalid = ch < c_end
     grp = ch // CPG
-    if FLAT:  # chunk c is words [c*WT, (c+1)*WT) of the row, across group boundaries (3-bit)
-        word = ch[:, None] * WT + wt[None, :]  # [GT, WT]
-        wvalid = tl.broadcast_to(cvalid[:, None], [GT, WT])
-        wig = word % WPG
-        grp = word // WPG  # [GT, WT]: the group of each word
-        kbase = grp * GROUP + wig * P
-    elif WT <= WPG:  # no padded words: chunk c is words [c*WT, (c+1)*WT) of the row, in order
+    if WT <= WPG:  # no padded words: chunk c is words [c*WT, (c+1)*WT) of the row, in order
         # (written so Triton sees WT contiguous, aligned words with one mask per chunk:
         # 16-byte loads; the general form below compiles to 4-byte loads)
         word = ch[:, None] * WT + wt[None, :]  # [GT, WT]
@@ -154,9 +148,9 @@ def _tile_words(c0, c_end, WT: tl.constexpr, WPG: tl.constexpr, CPG: tl.constexp
 
 @triton.jit
 def _load_words(qw_ptr, rows, KW, c0, c_end, WT: tl.constexpr, WPG: tl.constexpr, CPG: tl.constexpr,
-                GT: tl.constexpr, EVICT: tl.constexpr, FLAT: tl.constexpr):
+                GT: tl.constexpr, EVICT: tl.constexpr):
     """int32 words [BN, GT, WT] of the tile at chunk c0 (0 outside [c0, c_end) and in padding)."""
-    ch, cvalid, grp, word, wvalid, wig, kbase = _tile_words(c0, c_end, WT, WPG, CPG, GT, WPG, 1, FLAT)
+    ch, cvalid, grp, word, wvalid, wig, kbase = _tile_words(c0, c_end, WT, WPG, CPG, GT, WPG, 1)
     ptr = qw_ptr + rows[:, None, None] * KW + word[None]
     if EVICT:  # the weights are read once: do not let them push x and the scales out of L2
         q = tl.load(ptr, mask=wvalid[None], other=0, eviction_policy="evict_first")
@@ -172,7 +166,7 @@ def _gemv2_kernel(x_ptr, x32_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
                   WT: tl.constexpr, CPG: tl.constexpr, GT: tl.constexpr, BLOCK_N: tl.constexpr,
                   SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr, X_VEC: tl.constexpr,
                   DOT_ASM: tl.constexpr, SUM_ASM: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  DIAG: tl.constexpr, PREFETCH: tl.constexpr, EVICT: tl.constexpr, FLAT: tl.constexpr):
+                  DIAG: tl.constexpr, PREFETCH: tl.constexpr, EVICT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -184,14 +178,14 @@ def _gemv2_kernel(x_ptr, x32_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
     acc = tl.zeros([BLOCK_N, GT, WT], dtype=tl.float32)
     zacc = tl.zeros([BLOCK_N, GT], dtype=tl.float32)
     if PREFETCH:  # register double buffer: the next tile's loads are in flight during this tile's math
-        q_next = _load_words(qw_ptr, rows, KW, c_start, c_end, WT, WPG, CPG, GT, EVICT, FLAT)
+        q_next = _load_words(qw_ptr, rows, KW, c_start, c_end, WT, WPG, CPG, GT, EVICT)
     for c0 in range(c_start, c_end, GT):
-        ch, cvalid, grp, word, wvalid, wig, kbase = _tile_words(c0, c_end, WT, WPG, CPG, GT, GROUP, P, FLAT)
+        ch, cvalid, grp, word, wvalid, wig, kbase = _tile_words(c0, c_end, WT, WPG, CPG, GT, GROUP, P)
         if PREFETCH:
             q = q_next
-            q_next = _load_words(qw_ptr, rows, KW, c0 + GT, c_end, WT, WPG, CPG, GT, EVICT, FLAT)
+            q_next = _load_words(qw_ptr, rows, KW, c0 + GT, c_end, WT, WPG, CPG, GT, EVICT)
         else:
-            q = _load_words(qw_ptr, rows, KW, c0, c_end, WT, WPG, CPG, GT, EVICT, FLAT)
+            q = _load_words(qw_ptr, rows, KW, c0, c_end, WT, WPG, CPG, GT, EVICT)
         if DIAG == 1:  # diagnostic: the loads alone (no dequant, wrong result)
             p = q.to(tl.float32)
             xs = tl.zeros(kbase.shape, dtype=tl.float32)
@@ -201,18 +195,12 @@ def _gemv2_kernel(x_ptr, x32_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
             p, xs = _dot_asm(q, a0, a1, a2, a3, a4, a5, a6, a7, P // 2, DOT_ASM, SUM_ASM)
         else:
             p, xs = _dot_plain(q, x_ptr, m * stride_xm, kbase, wvalid, wig, BITS, GROUP, P)
-        if FLAT:  # scale and zero per word (groups change inside a chunk; L1-resident gathers)
-            soff3 = rows[:, None, None] * G + grp[None]  # [BN, GT, WT]
-            s3 = tl.load(s_ptr + soff3, mask=wvalid[None], other=0).to(tl.float32)
-            sz3 = tl.load(sz_ptr + soff3, mask=wvalid[None], other=0).to(tl.float32)
-            acc += p * s3 - sz3 * xs[None]
-        else:
-            soff = rows[:, None] * G + grp[None, :]  # [BN, GT]
-            s = tl.load(s_ptr + soff, mask=cvalid[None, :], other=0).to(tl.float32)
-            acc += p * s[:, :, None]
-            if DIAG != 2:  # diagnostic 2: no zero term (right only for symmetric weights)
-                sz = tl.load(sz_ptr + soff, mask=cvalid[None, :], other=0).to(tl.float32)
-                zacc += sz * tl.sum(xs, axis=1)[None, :]
+        soff = rows[:, None] * G + grp[None, :]  # [BN, GT]
+        s = tl.load(s_ptr + soff, mask=cvalid[None, :], other=0).to(tl.float32)
+        acc += p * s[:, :, None]
+        if DIAG != 2:  # diagnostic 2: no zero term (right only for symmetric weights)
+            sz = tl.load(sz_ptr + soff, mask=cvalid[None, :], other=0).to(tl.float32)
+            zacc += sz * tl.sum(xs, axis=1)[None, :]
     y = tl.sum(tl.sum(acc, axis=2), axis=1) - tl.sum(zacc, axis=1)
     if HAS_BIAS:
         if pid_k == 0:
@@ -236,20 +224,6 @@ def chunking(pw: PackedWeight) -> tuple[int, int] | None:
     return None
 
 
-def flat_tile(kw: int, tile_w: int) -> int:
-    """Largest power of two <= tile_w dividing the row's word count (FLAT chunks never straddle rows)."""
-    t = tile_w
-    while t > 1 and kw % t:
-        t //= 2
-    return t
-
-
-def flat_ok(pw: PackedWeight, tile_w: int) -> bool:
-    """FLAT tiling pays off for padded groups (3-bit) when a chunk of >= 16 words divides the row."""
-    wt, _ = chunking(pw) or (0, 0)
-    return wt > pw.words_per_group and flat_tile(pw.qweight.shape[1], tile_w) >= 16
-
-
 def supported(pw: PackedWeight) -> bool:
     return chunking(pw) is not None
 
@@ -269,20 +243,24 @@ def fixed_config() -> dict:
 
 
 def default_config(n: int, pw: PackedWeight) -> dict:
-    """Untuned CUDA default (from the H100 sweep, kernels/NOTES.md)."""
+    """Untuned CUDA default (from the H100 sweeps, kernels/NOTES.md)."""
     bn = 16 if n >= 4096 else 8
     split = 1 if n // bn >= 264 else max(1, min(8, (264 * bn) // max(n, 1)))
-    return dict(BLOCK_N=bn, TILE_W=128, SPLIT_K=split, num_warps=4, X_VEC=pw.bits in (2, 4))
+    return dict(BLOCK_N=bn, TILE_W=128, SPLIT_K=split, num_warps=4, X_VEC=pw.bits in (2, 4), num_stages=1,
+                EVICT=True)
 
 
 def candidates(n: int, pw: PackedWeight) -> list[dict]:
-    out = []
-    for bn, tw, warps in ((8, 128, 4), (16, 128, 4), (16, 256, 8), (32, 128, 8), (8, 256, 4)):
-        out.append(dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=warps, X_VEC=pw.bits in (2, 4)))
-    if pw.bits in (2, 4):
-        out.append(dict(BLOCK_N=8, TILE_W=256, SPLIT_K=1, num_warps=4, X_VEC=False))
-    if n < 4096:
-        out.append(dict(BLOCK_N=8, TILE_W=128, SPLIT_K=4, num_warps=4, X_VEC=pw.bits in (2, 4)))
+    xv = pw.bits in (2, 4)
+    out = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=4, X_VEC=xv, num_stages=1, EVICT=True)
+           for bn, tw in ((16, 128), (8, 128), (32, 128), (8, 256), (16, 256))]
+    out.append(dict(BLOCK_N=16, TILE_W=128, SPLIT_K=1, num_warps=4, X_VEC=xv, num_stages=1, EVICT=True,
+                    PREFETCH=True))
+    if n <= 4096:  # few row blocks: smaller blocks or split-K to fill 132 SMs
+        out += [dict(BLOCK_N=4, TILE_W=tw, SPLIT_K=1, num_warps=wp, X_VEC=xv, num_stages=1, EVICT=True)
+                for tw, wp in ((128, 4), (128, 2), (256, 4))]
+        out += [dict(BLOCK_N=8, TILE_W=128, SPLIT_K=sp, num_warps=4, X_VEC=xv, num_stages=1, EVICT=True)
+                for sp in (2, 4)]
     return out
 
 
@@ -291,14 +269,9 @@ def gemv(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dic
     """y [M, N] = x2 [M, K] @ dequant(pw).T + bias with the v2 kernel and config ``cfg``."""
     m, k = x2.shape
     n, kw = pw.qweight.shape
-    flat = bool(cfg.get("FLAT", False)) and flat_ok(pw, cfg["TILE_W"])
-    if flat:
-        wt, cpg, gt = flat_tile(kw, cfg["TILE_W"]), 1, 1
-        nch = kw // wt
-    else:
-        wt, cpg = chunking(pw)
-        nch = pw.num_groups * cpg  # chunks along K
-        gt = max(1, cfg["TILE_W"] // wt)
+    wt, cpg = chunking(pw)
+    nch = pw.num_groups * cpg  # chunks along K
+    gt = max(1, cfg["TILE_W"] // wt)
     split = max(1, min(cfg["SPLIT_K"], -(-nch // gt)))
     cps = -(-(-(-nch // split)) // gt) * gt  # chunks per split, a multiple of GT
     split = -(-nch // cps)
@@ -315,6 +288,6 @@ def gemv(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dic
         DOT_ASM=_asm.dot_word_asm(pw.bits, bf16) if use_asm else "",
         SUM_ASM=_asm.sum_pairs_asm(16 // pw.bits, bf16) if use_asm else "",
         HAS_BIAS=bias is not None, DIAG=int(cfg.get("DIAG", 0)), PREFETCH=bool(cfg.get("PREFETCH", False)),
-        EVICT=bool(cfg.get("EVICT", False)), FLAT=flat, num_warps=cfg["num_warps"],
+        EVICT=bool(cfg.get("EVICT", False)), num_warps=cfg["num_warps"],
         num_stages=int(cfg.get("num_stages", 3)))
     return out.to(x2.dtype) if split > 1 else out

@@ -38,10 +38,13 @@ log = logging.getLogger(__name__)
 
 GEMV_MAX_M = 4  # GEMV for M <= this when the fused MMA kernel cannot take the layout
 MMA_GEMV_MAX_M = 1  # with an MMA-capable layout only M = 1 stays on the GEMV
-MMA_MAX_M = 1 << 62  # fused MMA up to this M on CUDA, dequant + torch matmul above (NOTES.md)
+MMA_MAX_M = 64  # fused MMA up to this M on CUDA, dequant + torch matmul above (H100 sweep, NOTES.md)
 DEQUANT_MIN_M = 32  # layouts without the MMA path: dequantize once + torch matmul from here on
 PATHS = ("gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+_MMA_BROKEN: set = set()  # (shape, bits, group, dtype) keys whose MMA kernel did not compile (a cache)
 
 
 class KernelInputError(ValueError):
@@ -336,6 +339,30 @@ def _mma_ok(x2: torch.Tensor, pw: PackedWeight) -> bool:
     return _mma.supported(pw, x2.dtype) and _mma._block_w_ok(pw, _mma.fixed_config(1)["BLOCK_W"])
 
 
+def _run_mma(x2, pw, bias, config, key, m):
+    """The fused MMA path, or None when Triton fails to compile it for this layout (logged once per key).
+
+    (Triton 3.6 crashed in TritonGPUOptimizeDotOperands on one 2-bit tile shape on the H100:
+    a compiler failure must not fail the user's run when an unfused path exists.)
+    """
+    use_asm = _asm_ok(x2, pw) or (pw.bits == 8 and _asm_ok8(x2))
+    if key in _MMA_BROKEN:
+        return None
+    try:
+        cfg = config or tuned(f"mma{'_asm' if use_asm else ''}", key, _mma.fixed_config(m),
+                              _mma.default_config(m, pw.out_features, pw),
+                              _mma.candidates(m, pw.out_features, pw),
+                              lambda c: _mma.mma(x2, pw, bias, c, use_asm))
+        return _mma.mma(x2, pw, bias, cfg, use_asm)
+    except (triton.compiler.errors.CompilationError, RuntimeError) as err:
+        if config is not None or torch.cuda.is_current_stream_capturing():
+            raise
+        log.warning("fused MMA kernel failed to compile for %s (%s); using the unfused path",
+                    key, str(err).splitlines()[-1] if str(err) else type(err).__name__)
+        _MMA_BROKEN.add(key)
+        return None
+
+
 def _asm_ok8(x2: torch.Tensor) -> bool:
     """8-bit codes dequantize exactly with the fp16 magic number (1024 + q), fp16/bf16 activations."""
     return not interpreting() and x2.is_cuda and x2.dtype in (torch.float16, torch.bfloat16)
@@ -394,12 +421,9 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
                               lambda c: _launch_gemv(x2, pw, bias, c, use_asm))
         y = _launch_gemv(x2, pw, bias, cfg, use_asm)
     elif path == "mma":
-        use_asm = _asm_ok(x2, pw) or (pw.bits == 8 and _asm_ok8(x2))
-        cfg = config or tuned(f"mma{'_asm' if use_asm else ''}", key, _mma.fixed_config(m),
-                              _mma.default_config(m, pw.out_features, pw),
-                              _mma.candidates(m, pw.out_features, pw),
-                              lambda c: _mma.mma(x2, pw, bias, c, use_asm))
-        y = _mma.mma(x2, pw, bias, cfg, use_asm)
+        y = _run_mma(x2, pw, bias, config, key, m)
+        if y is None:  # the compiler rejected every config for this layout: the unfused path
+            return weight_only_linear(x, pw, bias, path="dequant" if x2.is_cuda else "gemm")
     elif path == "gemm":
         cfg = config or tuned("gemm", key, _gemm_fixed(m),
                               _gemm_default(m, pw.out_features, pw.qweight.shape[1]),

@@ -284,10 +284,11 @@ def default_config(m: int, n: int, pw: PackedWeight) -> dict:
     bw = _fit_block_w(pw, max(1, 64 // p)) or fixed_config(m)["BLOCK_W"]
     if m <= 64:
         bm = 16 if m <= 16 else (32 if m <= 32 else 64)
-        split = max(1, min(8, (2 * 132 * 64) // max(n, 1)))
-        return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_W=bw, SPLIT_K=split, GROUP_M=1, SWAP=True,
-                    num_warps=4, NUM_STAGES=4)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_W=bw, SPLIT_K=1, GROUP_M=8, SWAP=False, num_warps=8,
+        split = max(1, min(4, (4 * 132 * 64) // max(n, 1)))
+        bwk = _fit_block_w(pw, max(1, 128 // p)) or bw
+        return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_W=bwk, SPLIT_K=split, GROUP_M=1, SWAP=True,
+                    num_warps=4, NUM_STAGES=3)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_W=bw, SPLIT_K=1, GROUP_M=8, SWAP=True, num_warps=8,
                 NUM_STAGES=3)
 
 

@@ -138,6 +138,43 @@ def part_lowbit(rows, summary, base_cfg):
         summary.append(f"W{bits} M=1 8192^2: best {us:.2f} us ({pw.nbytes() / us / 1e6:.2f} TB/s) {cfg}")
 
 
+def part_repeat(rows, summary):
+    """Run-to-run spread of the best M=1 configs (a one-off fast timing must repeat to count)."""
+    pw, *_ = random_packed(8192, 8192, 4, 128, device="cuda", seed=1)
+    x = torch.randn(1, 8192, device="cuda", dtype=torch.float16)
+    base = dict(BLOCK_N=16, TILE_W=128, SPLIT_K=1, num_warps=4, X_VEC=True, num_stages=1, PREFETCH=False, EVICT=True)
+    for name, cfg in (("best", base), ("bn8", dict(base, BLOCK_N=8)), ("no-evict", dict(base, EVICT=False)),
+                      ("stages3", dict(base, num_stages=3))):
+        ts = [run_case(rows, f"repeat {name}", pw, x, "gemv", cfg) for _ in range(4)]
+        summary.append(f"repeat W4 M=1 {name}: {[round(t, 2) for t in ts if t]}")
+    for bits in (2, 3):
+        pwb, *_ = random_packed(8192, 8192, bits, 128, device="cuda", seed=bits)
+        for bn in (16, 32):
+            cfg = dict(base, BLOCK_N=bn, X_VEC=bits == 2)
+            ts = [run_case(rows, f"repeat w{bits} bn{bn}", pwb, x, "gemv", cfg) for _ in range(3)]
+            summary.append(f"repeat W{bits} M=1 bn{bn} evict: {[round(t, 2) for t in ts if t]}")
+
+
+def part_small(rows, summary):
+    """M = 16: swap-AB MMA variants, including N-tiles below 64 (Triton falls back from wgmma to mma.sync)."""
+    k = n = 8192
+    pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=5)
+    x = torch.randn(16, k, device="cuda", dtype=torch.float16)
+    cfgs = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_W=bk // 8, SPLIT_K=sp, GROUP_M=1, SWAP=True, num_warps=wp, NUM_STAGES=st)
+            for bn, bk, sp, wp, st in ((16, 128, 4, 2, 3), (32, 128, 4, 2, 3), (32, 128, 2, 4, 3), (32, 256, 2, 4, 3),
+                                       (64, 128, 4, 4, 2), (64, 128, 4, 4, 4), (64, 128, 8, 4, 3), (64, 256, 4, 4, 3),
+                                       (128, 128, 4, 8, 3), (128, 128, 2, 4, 3), (32, 128, 8, 2, 3), (16, 256, 2, 2, 3))]
+    cfg, us = best_of(rows, "w4 M=16 8192^2 mma", pw, x, "mma", cfgs)
+    summary.append(f"M=16 8192^2 best mma {us:.1f} us {cfg}")
+    xa = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for fmt in ("int8", "fp8"):
+        t = bench(lambda: quantize_activation(xa, fmt))
+        q, s_ = quantize_activation(xa, fmt)
+        rq, rs = (R.quantize_activation_int8 if fmt == "int8" else R.quantize_activation_fp8)(xa)
+        diff = (q.float() - rq.float()).abs().max().item()
+        summary.append(f"act quant {fmt} 8192^2: {t:.1f} us = {3 * 8192 * 8192 / t / 1e6:.2f} TB/s; max code diff {diff}")
+
+
 def part_mma(rows, summary):
     k = n = 8192
     pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=5)
@@ -220,6 +257,10 @@ def main() -> int:
             base = part_gemv(rows, summary)
         elif name == "lowbit":
             part_lowbit(rows, summary, base)
+        elif name == "small":
+            part_small(rows, summary)
+        elif name == "repeat":
+            part_repeat(rows, summary)
         elif name == "mma":
             part_mma(rows, summary)
         elif name == "fp8":

@@ -111,19 +111,6 @@ def test_mma_split_k_and_dispatch():
     torch.testing.assert_close(y, R.weight_only_linear(x, pw), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("k,split", [(2048, 1), (4096, 3)])
-def test_gemv_flat_tiles_for_padded_groups(k, split):
-    """3-bit g128 (13 words per group, padded): FLAT chunks of 16 words straddle groups; scale/zero per word."""
-    from kernels.gemv import flat_ok
-    pw, *_ = random_packed(21, k, 3, 128, seed=k, fractional_zero=True)
-    assert flat_ok(pw, 16)
-    x = torch.randn(1, k)
-    cfg = dict(BLOCK_N=8, TILE_W=16, SPLIT_K=split, num_warps=4, X_VEC=False, FLAT=True)
-    y = weight_only_linear(x, pw, path="gemv", config=cfg)
-    r = R.weight_only_linear(x, pw)
-    assert ((y - r).norm() / r.norm()).item() < 1e-5
-
-
 @pytest.mark.parametrize("bits,group", [(4, 128), (2, 32), (8, 64)])
 def test_dense_dequant_kernel(bits, group):
     """The vectorized dequant kernel (dense layouts) equals the packing reference, in fp16."""
