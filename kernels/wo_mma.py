@@ -284,10 +284,10 @@ def default_config(m: int, n: int, pw: PackedWeight) -> dict:
     bw = _fit_block_w(pw, max(1, 64 // p)) or fixed_config(m)["BLOCK_W"]
     if m <= 64:
         bm = 16 if m <= 16 else (32 if m <= 32 else 64)
-        split = max(1, min(4, (4 * 132 * 64) // max(n, 1)))
+        split = max(1, min(4, (4 * 132 * 128) // max(n, 1)))
         bwk = _fit_block_w(pw, max(1, 128 // p)) or bw
-        return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_W=bwk, SPLIT_K=split, GROUP_M=1, SWAP=True,
-                    num_warps=4, NUM_STAGES=3)
+        return dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_W=bwk, SPLIT_K=split, GROUP_M=1, SWAP=True,
+                    num_warps=8, NUM_STAGES=3)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_W=bw, SPLIT_K=1, GROUP_M=8, SWAP=True, num_warps=8,
                 NUM_STAGES=3)
 
@@ -297,9 +297,9 @@ def candidates(m: int, n: int, pw: PackedWeight) -> list[dict]:
     out = []
     if m <= 64:
         bm = 16 if m <= 16 else (32 if m <= 32 else 64)
-        for bn, bk, split, warps, stages in ((64, 128, 2, 4, 3), (64, 128, 1, 4, 3), (64, 256, 2, 4, 3),
-                                             (64, 256, 1, 4, 2), (128, 128, 2, 8, 3), (128, 256, 1, 8, 3),
-                                             (128, 128, 1, 4, 3), (64, 128, 4, 4, 3), (64, 64, 2, 4, 4)):
+        for bn, bk, split, warps, stages in ((128, 128, 4, 8, 3), (128, 128, 8, 8, 3), (128, 128, 2, 8, 3),
+                                             (128, 64, 4, 8, 3), (64, 128, 4, 4, 3), (64, 128, 2, 4, 3),
+                                             (64, 128, 4, 4, 2), (64, 64, 2, 4, 4), (128, 256, 1, 8, 3)):
             out.append(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_W=max(1, bk // p), SPLIT_K=split, GROUP_M=1,
                             SWAP=True, num_warps=warps, NUM_STAGES=stages))
         out.append(dict(BLOCK_M=max(bm, 16), BLOCK_N=64, BLOCK_W=max(1, 64 // p), SPLIT_K=2, GROUP_M=1,
