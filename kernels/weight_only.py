@@ -1,16 +1,19 @@
 """Weight-only quantized linear (W2/W3/W4/W8, fp16/bf16/fp32 activations): y = x @ w_hat.T + b.
 
-Paths over the packed layout of kernels/packing.py, chosen by M:
+Paths over the packed layout of kernels/packing.py, chosen by M (thresholds from the H100
+sweeps, kernels/NOTES.md):
 
-* ``M <= GEMV_MAX_M``: GEMV v2 (kernels/gemv.py: group-aligned tiles, 16-byte
-  loads, packed half2 PTX dequant+dot); the v1 GEMV below (``gemv_v1``) runs
-  only for layouts v2 cannot tile (a long per-channel group whose word count
-  is neither a power of two <= 128 nor a multiple of 128).
-* ``GEMV_MAX_M < M < DEQUANT_MIN_M`` (and any M off CUDA): tiled tensor-core
-  GEMM, dequantizing a [BLOCK_N, BLOCK_K] tile in registers, then ``tl.dot``.
-* ``M >= DEQUANT_MIN_M`` on CUDA: ``dequant`` = one dequantize pass
-  (kernels/dequant.py) + torch's matmul; faster than the fused GEMM on the
-  H100 from M=64 up (kernels/NOTES.md), at the cost of an N*K 16-bit temporary.
+* Dense layouts (bits 2/4/8, no padded slots):
+  M = 1: GEMV v2 (kernels/gemv.py); 2 <= M <= MMA_MAX_M: the fused tensor-core GEMM
+  (kernels/wo_mma.py: PTX dequant in registers, swap-AB, split-K); larger M on CUDA:
+  ``dequant`` = one vectorized dequantize pass (kernels/dequant.py) + torch's matmul (an N*K
+  16-bit temporary). If Triton fails to compile the MMA kernel for a layout, the unfused path
+  runs and a warning says so.
+* Padded layouts (3-bit groups): M <= GEMV_MAX_M: GEMV v2; then the older fused GEMM below
+  (``gemm``: plain-integer dequant of a [BLOCK_N, BLOCK_K] tile + ``tl.dot``) up to
+  DEQUANT_MIN_M, then ``dequant``.
+* The v1 GEMV (``gemv_v1``) runs only for layouts v2 cannot tile (a long per-channel group
+  whose word count is neither a power of two <= 128 nor a multiple of 128).
 
 Configs: on CUDA each (kernel, shape, bits, group, dtype) is tuned once per
 process by timing the candidates (``kernels._timing.gpu_time_us``), results are
@@ -381,12 +384,10 @@ def _default_path(m: int, x2: torch.Tensor, pw: PackedWeight) -> str:
 
 def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None,
                        config: dict | None = None, path: str | None = None) -> torch.Tensor:
-    """y = x @ dequant(pw).T + bias for x [..., K]; dispatch by M.
+    """y = x @ dequant(pw).T + bias for x [..., K]; dispatch by M (module docstring).
 
-    M <= 4: GEMV v2 (kernels/gemv.py; v1 below for layouts v2 cannot tile);
-    4 < M < 32 (and every M off CUDA): fused GEMM; M >= 32 on CUDA: ``dequant``
-    (one dequantize pass + torch matmul). ``path`` forces one of PATHS
-    ("gemv_plain": v2 without PTX, "gemv_v1": the first GEMV); ``config`` forces a config.
+    ``path`` forces one of PATHS ("gemv_plain": v2 without PTX, "gemv_v1": the first GEMV,
+    "mma": the fused tensor-core GEMM); ``config`` forces a config.
     """
     check_inputs(x, pw)
     if path is not None and path not in PATHS:
