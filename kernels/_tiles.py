@@ -1,4 +1,4 @@
-"""Shared Triton device helpers: tile ordering and the split-K output write."""
+"""Shared Triton device helpers: tile ordering, the split-K output write, the fp32-accumulating dot."""
 import triton
 import triton.language as tl
 
@@ -21,3 +21,13 @@ def store_or_add(optr, y, mask, SPLIT_K: tl.constexpr):
         tl.store(optr, y.to(optr.dtype.element_ty), mask=mask)
     else:
         tl.atomic_add(optr, y, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def dot_acc(acc, a, b, IEEE: tl.constexpr):
+    """acc + a @ b in fp32; IEEE: exact fp32 products (fp32 activations) instead of tf32."""
+    if IEEE:
+        acc += tl.dot(a, b, out_dtype=tl.float32, input_precision="ieee")
+    else:
+        acc += tl.dot(a, b, out_dtype=tl.float32)
+    return acc

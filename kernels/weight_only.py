@@ -33,7 +33,7 @@ from kernels import _asm
 from kernels import dequant as _dequant
 from kernels import gemv as _gemv2
 from kernels import wo_mma as _mma
-from kernels._tiles import grouped_tile, store_or_add
+from kernels._tiles import dot_acc, grouped_tile, store_or_add
 from kernels._tuning import interpreting, tuned
 from kernels.packing import PackedWeight, values_per_word
 
@@ -225,10 +225,7 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
             kvalid = tl.reshape(kv2, [BLOCK_K]) & (kk < K)
         xt = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
                      mask=mmask[:, None] & kvalid[None, :], other=0)  # [BM, BK]
-        if IEEE:
-            acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32, input_precision="ieee")
-        else:
-            acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32)
+        acc = dot_acc(acc, xt, tl.trans(w), IEEE)
     if HAS_BIAS:
         if pid_k == 0:
             acc += tl.load(bias_ptr + rn, mask=nmask, other=0).to(tl.float32)[None, :]

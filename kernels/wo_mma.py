@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._tiles import grouped_tile, store_or_add
+from kernels._tiles import dot_acc, grouped_tile, store_or_add
 from kernels.packing import PackedWeight, values_per_word
 
 MMA_BITS = (2, 4, 8)
@@ -67,11 +67,6 @@ def dequant_asm(bits: int, bf16: bool) -> str:
         lines.append(f"mov.b32 {{${2 * j}, ${2 * j + 1}}}, h;")
     lines.append("}")
     return "\n".join(lines)
-
-
-@triton.jit
-def _interleave2(a, b):
-    return tl.join(a, b)
 
 
 @triton.jit
@@ -225,15 +220,9 @@ def _mma_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
         w = _dequant_tile(q, s, sz, DTYPE, BITS, P, USE_ASM, ASM)  # [BN, BK]
         xt = tl.load(x_ptr + rm[:, None] * stride_xm + (w0 * P + kl)[None, :], mask=mmask[:, None], other=0)
         if SWAP:
-            if IEEE:
-                acc += tl.dot(w, tl.trans(xt), out_dtype=tl.float32, input_precision="ieee")
-            else:
-                acc += tl.dot(w, tl.trans(xt), out_dtype=tl.float32)
+            acc = dot_acc(acc, w, tl.trans(xt), IEEE)
         else:
-            if IEEE:
-                acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32, input_precision="ieee")
-            else:
-                acc += tl.dot(xt, tl.trans(w), out_dtype=tl.float32)
+            acc = dot_acc(acc, xt, tl.trans(w), IEEE)
     rn_out = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = rn_out < N
     if SWAP:
