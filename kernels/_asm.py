@@ -70,3 +70,109 @@ def sum_pairs_asm(n_pairs: int, bf16: bool) -> str:
 
 def constraints(n_inputs: int) -> str:
     return "=r," + ",".join(["r"] * n_inputs)
+
+
+@functools.lru_cache(maxsize=None)
+def word_term_asm(bits: int, bf16: bool) -> str:
+    """PTX for GEMV v3: one packed word's full contribution, loading its own x and group scales.
+
+    Operands: $0 (f32 out) = scale * sum_s (q_s - 2^(b-1)) * x_s  -  szero * sum_s x_s;
+    $1 the word; $2 address of the word's first x value (16-byte aligned for bits 2/4,
+    4-byte for 3); $3 / $4 addresses of its group's fp16 scale / szero; $5 (int32) the
+    number of valid x pairs in the word (3-bit only: the last word of a group is padded;
+    invalid pairs are not loaded and count as 0). x and the scales are read through the
+    read-only path (``ld.global.nc``): they are shared by every row and stay in L1/L2.
+    The dot and the x sum accumulate in half2 (one word: at most 16 products), then fp32.
+    """
+    if bits not in ASM_BITS:
+        raise ValueError(f"packed-half2 path supports bits {ASM_BITS}, got {bits}")
+    mask, magic, center = _halves(bits, bf16)
+    ty = "bf16x2" if bf16 else "f16x2"
+    cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
+    npairs = 16 // bits
+    xs = [f"x{j}" for j in range(npairs)]
+    lines = ["{", f".reg .b32 t, h, acc, xs, mg, {', '.join(xs)};", ".reg .b16 lo, hi, sh, zh;",
+             ".reg .f32 fa, fb, fd, fx, fs, fz;", ".reg .pred pv;",
+             "ld.global.nc.b16 sh, [$3];", "ld.global.nc.b16 zh, [$4];"]
+    if bits == 4:
+        lines.append("ld.global.nc.v4.b32 {x0, x1, x2, x3}, [$2];")
+    elif bits == 2:
+        lines += ["ld.global.nc.v4.b32 {x0, x1, x2, x3}, [$2];", "ld.global.nc.v4.b32 {x4, x5, x6, x7}, [$2+16];"]
+    else:
+        for j in range(npairs):
+            lines += [f"mov.b32 x{j}, 0;", f"setp.lt.s32 pv, {j}, $5;", f"@pv ld.global.nc.b32 x{j}, [$2+{4 * j}];"]
+    lines.append(f"mov.b32 mg, {center};")
+    for j in range(npairs):
+        src = "$1"
+        if j:
+            lines.append(f"shr.b32 t, $1, {bits * j};")
+            src = "t"
+        lines.append(f"lop3.b32 h, {src}, {mask}, {magic}, 0xEA;")
+        lines.append(f"sub.{ty} h, h, mg;")
+        lines.append(f"mul.rn.{ty} acc, h, x0;" if j == 0 else f"fma.rn.{ty} acc, h, x{j}, acc;")
+    lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} fa, lo;", f"{cvt} fb, hi;", "add.f32 fd, fa, fb;"]
+    if bf16:  # bf16 sums lose too much: sum x in fp32
+        lines.append("mov.f32 fx, 0f00000000;")
+        for j in range(npairs):
+            lines += [f"mov.b32 {{lo, hi}}, x{j};", f"{cvt} fa, lo;", f"{cvt} fb, hi;",
+                      "add.f32 fx, fx, fa;", "add.f32 fx, fx, fb;"]
+    else:
+        lines.append("add.rn.f16x2 xs, x0, x1;" if npairs > 1 else "mov.b32 xs, x0;")
+        for j in range(2, npairs):
+            lines.append(f"add.rn.f16x2 xs, xs, x{j};")
+        lines += ["mov.b32 {lo, hi}, xs;", "cvt.f32.f16 fa, lo;", "cvt.f32.f16 fb, hi;", "add.f32 fx, fa, fb;"]
+    lines += ["cvt.f32.f16 fs, sh;", "cvt.f32.f16 fz, zh;", "neg.f32 fz, fz;", "mul.f32 fd, fd, fs;",
+              "fma.rn.f32 fd, fx, fz, fd;", "mov.b32 $0, fd;", "}"]
+    return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
+def words_term_asm(bits: int, bf16: bool, pack: int) -> str:
+    """PTX for GEMV v3 with ``pack`` consecutive words of one row and one group per call.
+
+    Operands (tl.inline_asm_elementwise with pack=``pack``): $0..$(pack-1) f32 outputs
+    (the whole term in $0, zeros after); then ``pack`` words, ``pack`` x addresses,
+    ``pack`` scale and ``pack`` szero addresses (only the first of each address is used:
+    the words are consecutive, so their x values are contiguous from the first address,
+    and they share one group). Bits 2/4 only (no padded slots).
+    ``out = scale * sum (q - 2^(b-1)) * x - szero * sum x``: each word's dot accumulates in
+    half2 and is added in fp32 (as word_term_asm: fp16 range for |x| < 2048 at 4 bits);
+    the x sum accumulates in half2 over the pack (16-32 values per lane), then fp32.
+    """
+    if bits not in (2, 4):
+        raise ValueError(f"the packed-word PTX supports bits 2 and 4, got {bits}")
+    mask, magic, center = _halves(bits, bf16)
+    ty = "bf16x2" if bf16 else "f16x2"
+    cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
+    npairs = 16 // bits
+    word = [f"${pack + i}" for i in range(pack)]
+    xaddr = f"${2 * pack}"
+    saddr, zaddr = f"${3 * pack}", f"${4 * pack}"
+    nx = npairs * pack  # x pairs (int32) of the pack, contiguous
+    lines = ["{", f".reg .b32 t, h, acc, xs, mg, {', '.join(f'x{j}' for j in range(nx))};",
+             ".reg .b16 lo, hi, sh, zh;", ".reg .f32 fa, fb, fd, fx, fs, fz;",
+             f"ld.global.nc.b16 sh, [{saddr}];", f"ld.global.nc.b16 zh, [{zaddr}];"]
+    for v in range(nx // 4):
+        lines.append(f"ld.global.nc.v4.b32 {{x{4 * v}, x{4 * v + 1}, x{4 * v + 2}, x{4 * v + 3}}}, [{xaddr}+{16 * v}];")
+    lines.append(f"mov.b32 mg, {center};")
+    for i in range(pack):  # per word: half2 dot of its pairs, then added in fp32
+        for j in range(npairs):
+            src = word[i]
+            if j:
+                lines.append(f"shr.b32 t, {word[i]}, {bits * j};")
+                src = "t"
+            lines.append(f"lop3.b32 h, {src}, {mask}, {magic}, 0xEA;")
+            lines.append(f"sub.{ty} h, h, mg;")
+            xj = f"x{i * npairs + j}"
+            lines.append(f"mul.rn.{ty} acc, h, {xj};" if j == 0 else f"fma.rn.{ty} acc, h, {xj}, acc;")
+        lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} fa, lo;", f"{cvt} fb, hi;"]
+        lines += ["add.f32 fd, fa, fb;"] if i == 0 else ["add.f32 fd, fd, fa;", "add.f32 fd, fd, fb;"]
+    lines.append(f"add.rn.{ty} xs, x0, x1;")
+    for j in range(2, nx):
+        lines.append(f"add.rn.{ty} xs, xs, x{j};")
+    lines += ["mov.b32 {lo, hi}, xs;", f"{cvt} fa, lo;", f"{cvt} fb, hi;", "add.f32 fx, fa, fb;",
+              "cvt.f32.f16 fs, sh;", "cvt.f32.f16 fz, zh;", "neg.f32 fz, fz;", "mul.f32 fd, fd, fs;",
+              "fma.rn.f32 $0, fx, fz, fd;"]
+    lines += [f"mov.b32 ${i}, 0;" for i in range(1, pack)]
+    lines.append("}")
+    return "\n".join(lines)

@@ -3,7 +3,8 @@
 ``tuned(name, key, fixed, candidates, launch)`` returns a config dict. Under
 TRITON_INTERPRET=1 or without CUDA it returns ``fixed`` (the interpreter cannot
 time anything). On CUDA it times every candidate with
-``kernels._timing.gpu_time_us`` (CUDA-graph replays, L2 flushed, no host
+``kernels._timing.gpu_time_us`` (CUDA-graph replays, L2 flushed by a read
+pass so no dirty lines are written back during the timed call, no host
 overhead: do_bench's host-inclusive numbers were noise for 10-50 us kernels),
 keeps the fastest, and caches
 it in memory and in a JSON file (``BITSWEEP_KERNEL_CACHE``, default
@@ -90,7 +91,7 @@ def tuned(name: str, key: tuple, fixed: dict, default: dict, candidates: list[di
     best, best_ms = None, float("inf")
     for cfg in candidates:
         try:
-            ms = gpu_time_us(lambda: launch(cfg), n=5, reps=3) / 1e3
+            ms = gpu_time_us(lambda: launch(cfg), n=5, reps=3, flush="read") / 1e3
         except (triton.runtime.errors.OutOfResources, triton.compiler.errors.CompilationError,
                 RuntimeError) as err:
             log.debug("config %s failed for %s: %s", cfg, full, err)

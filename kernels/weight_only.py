@@ -32,6 +32,7 @@ import triton.language as tl
 from kernels import _asm
 from kernels import dequant as _dequant
 from kernels import gemv as _gemv2
+from kernels import gemv3 as _gemv3
 from kernels import wo_mma as _mma
 from kernels._tiles import dot_acc, grouped_tile, store_or_add
 from kernels._tuning import interpreting, tuned
@@ -43,7 +44,8 @@ GEMV_MAX_M = 4  # GEMV for M <= this when the fused MMA kernel cannot take the l
 MMA_GEMV_MAX_M = 1  # with an MMA-capable layout only M = 1 stays on the GEMV
 MMA_MAX_M = 64  # fused MMA up to this M on CUDA, dequant + torch matmul above (H100 sweep, NOTES.md)
 DEQUANT_MIN_M = 32  # layouts without the MMA path: dequantize once + torch matmul from here on
-PATHS = ("gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant")
+PATHS = ("gemv3", "gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant")
+USE_GEMV3 = True  # M=1 (and small-M 3-bit) on the v3 GEMV where it takes the layout (NOTES.md run 5)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -398,13 +400,25 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
     m = x2.shape[0]
     if m == 0:
         return x.new_zeros(*lead, pw.out_features)
-    path = path or _default_path(m, x2, pw)
+    if path is None:
+        path = _default_path(m, x2, pw)
+        if path == "gemv" and USE_GEMV3 and _gemv3.supported(pw, x2):
+            path = "gemv3"
+    if path == "gemv3" and not _gemv3.supported(pw, x2):
+        path = "gemv"
     if path in ("gemv", "gemv_plain") and not _gemv2.supported(pw):
         path = "gemv_v1"
     if path == "mma" and not _mma_ok(x2, pw):
         path = "gemm"
     key = (m, pw.out_features, pw.in_features, pw.bits, pw.group_size, str(x2.dtype))
-    if path in ("gemv", "gemv_plain"):
+    if path == "gemv3":
+        use_asm = x2.is_cuda and not interpreting() and _gemv3.asm_ok(pw, x2)
+        cfg = config or tuned(f"gemv3{'_asm' if use_asm else ''}", key, _gemv3.fixed_config(),
+                              _gemv3.default_config(pw.out_features, pw),
+                              _gemv3.candidates(pw.out_features, pw),
+                              lambda c: _gemv3.gemv3(x2, pw, bias, c, use_asm))
+        y = _gemv3.gemv3(x2, pw, bias, cfg, use_asm)
+    elif path in ("gemv", "gemv_plain"):
         use_asm = path == "gemv" and _asm_ok(x2, pw)
         cfg = config or tuned(f"gemv2{'_asm' if use_asm else ''}", key, _gemv2.fixed_config(),
                               _gemv2.default_config(pw.out_features, pw),

@@ -18,8 +18,8 @@ def main() -> int:
             for dtype in (torch.float16, torch.bfloat16) + ((torch.float32,) if bits in (4, 8) else ()):
                 pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
                 for m in (1, 77):
-                    for path in (None, "gemv_plain", "gemv_v1", "gemm", "dequant"):
-                        if path in ("gemv_plain", "gemv_v1") and m > 4:
+                    for path in (None, "gemv3", "gemv", "gemv_plain", "gemv_v1", "gemm", "dequant"):
+                        if path in ("gemv3", "gemv", "gemv_plain", "gemv_v1") and m > 4:
                             continue
                         x = torch.randn(m, k, device="cuda", dtype=dtype)
                         b = torch.randn(200, device="cuda", dtype=dtype)

@@ -15,10 +15,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from kernels import reference as R
 from kernels import wo_mma
-from kernels._timing import gpu_time_us
+from kernels._timing import gpu_time_rotating_us, gpu_time_us
 from kernels.packing import random_packed
 from kernels.w8a8 import _mm_candidates, quantize_activation, scaled_mm
 from kernels.weight_only import weight_only_linear
@@ -203,6 +205,199 @@ def part_mma(rows, summary):
         del w2
 
 
+@triton.jit
+def _read_kernel(p, out, NW, BLOCK: tl.constexpr, ITERS: tl.constexpr, UNROLL: tl.constexpr):
+    """Diagnostic: sum NW int32 words, each program BLOCK x ITERS consecutive words."""
+    pid = tl.program_id(0)
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    base = pid * (BLOCK * ITERS)
+    if UNROLL:
+        for i in tl.static_range(ITERS):
+            offs = base + i * BLOCK + tl.arange(0, BLOCK)
+            acc += tl.load(p + offs, mask=offs < NW, other=0, eviction_policy="evict_first")
+    else:
+        for i in range(ITERS):
+            offs = base + i * BLOCK + tl.arange(0, BLOCK)
+            acc += tl.load(p + offs, mask=offs < NW, other=0, eviction_policy="evict_first")
+    tl.store(out + pid, tl.sum(acc))
+
+
+def _copies(make, nbytes, min_total=400 * 2 ** 20, most=32):
+    """Enough independent copies of an input (each from make(i)) to total > min_total bytes."""
+    return [make(i) for i in range(max(2, min(most, -(-min_total // nbytes))))]
+
+
+def part_timing(rows, summary):
+    """Three timers on the same calls: write-flush (old), read-flush, rotating copies (no flush)."""
+    def timers(label, make_fn, nbytes):
+        fns = _copies(make_fn, nbytes)
+        res = dict(write=gpu_time_us(fns[0], n=10, reps=5, flush="write"),
+                   read=gpu_time_us(fns[0], n=10, reps=5, flush="read"),
+                   rotating=gpu_time_rotating_us(fns, n=max(40, len(fns)), reps=7))
+        rows.append(dict(label=f"timing {label}", nbytes=nbytes, **res))
+        line = f"{label:<34} " + " ".join(f"{k} {v:7.2f} us ({nbytes / v / 1e6:.2f} TB/s)" for k, v in res.items())
+        print(line, flush=True)
+        summary.append(line)
+        del fns
+        torch.cuda.empty_cache()
+        return res
+
+    nw = 8192 * 8192 // 8  # int32 words of a W4 8192^2 weight (33.5 MB)
+    for block, iters, wp, unroll in ((1024, 1, 4, False), (1024, 4, 4, True), (2048, 4, 8, True),
+                                     (4096, 4, 8, True), (1024, 16, 4, False), (4096, 1, 8, False),
+                                     (512, 8, 4, True), (2048, 8, 4, True)):
+        grid = (triton.cdiv(nw, block * iters),)
+
+        def make(i, block=block, iters=iters, wp=wp, unroll=unroll, grid=grid):
+            buf = torch.randint(-2 ** 30, 2 ** 30, (nw,), device="cuda", dtype=torch.int32)
+            out = torch.empty(grid[0], device="cuda", dtype=torch.int32)
+            return lambda: _read_kernel[grid](buf, out, nw, BLOCK=block, ITERS=iters, UNROLL=unroll, num_warps=wp)
+        timers(f"read 33.5MB blk{block} it{iters} w{wp} u{int(unroll)}", make, nw * 4)
+    big = torch.empty(2 ** 28, device="cuda", dtype=torch.float16)
+
+    def make_copy(i):
+        a = torch.randn(2 ** 24, device="cuda", dtype=torch.float16)
+        b = torch.empty_like(a)
+        return lambda: b.copy_(a)
+    timers("copy 32MB (bytes r+w)", make_copy, 2 * 2 ** 25)
+    del big
+    for k, n in ((8192, 8192), (4096, 4096), (8192, 28672)):
+        def make_t(i, k=k, n=n):
+            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+            w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+            return lambda: F.linear(x, w)
+        timers(f"torch fp16 M=1 {k}x{n}", make_t, 2 * n * k)
+        for bits in ((4, 3, 2) if k == n == 8192 else (4,)):
+            pws = []
+
+            def make_w(i, k=k, n=n, bits=bits, pws=pws):
+                pw, *_ = random_packed(n, k, bits, 128, device="cuda", seed=i)
+                x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+                pws.append(pw)
+                return lambda: weight_only_linear(x, pw, path="gemv")
+            r = timers(f"W{bits} gemv M=1 {k}x{n}", make_w, random_packed(8, k, bits, 128)[0].nbytes() * n // 8)
+            if bits == 4 and k == n == 8192:
+                from kernels._tuning import _cache
+                cfg = next((v for kk, v in _cache().items() if "gemv2" in kk), None)
+                summary.append(f"  tuned cfg {cfg}")
+
+                def make_d(i, k=k, n=n, cfg=cfg):
+                    pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=i)
+                    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+                    return lambda: weight_only_linear(x, pw, path="gemv", config=dict(cfg, DIAG=1))
+                timers("W4 gemv DIAG=1 (loads only)", make_d, pws[0].nbytes())
+    for m in (16,):
+        def make_m(i, m=m):
+            pw, *_ = random_packed(8192, 8192, 4, 128, device="cuda", seed=i)
+            x = torch.randn(m, 8192, device="cuda", dtype=torch.float16)
+            return lambda: weight_only_linear(x, pw)
+        timers(f"W4 default path M={m} 8192^2", make_m, 8192 * 8192 // 2)
+
+
+def part_gemv_rot(rows, summary):
+    """GEMV v2 configs timed by the rotating timer (8 weight copies, no flush)."""
+    res = []
+    for k, n in ((8192, 8192), (4096, 4096), (8192, 28672)):
+        ncop = 12 if n * k <= 8192 * 8192 else 4
+        pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+        ref = R.weight_only_linear(x, pws[0])
+        cfgs = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=sp, num_warps=wp, X_VEC=True, num_stages=1, EVICT=True,
+                     PREFETCH=pf)
+                for bn, tw, wp, sp, pf in itertools.product((8, 16, 32), (128, 256), (4, 8), (1, 2), (False, True))
+                if not (n > 4096 and sp > 1)]
+        best = (None, float("inf"))
+        for cfg in cfgs:
+            try:
+                err = rel(weight_only_linear(x, pws[0], path="gemv", config=cfg), ref)
+                us = gpu_time_rotating_us([lambda pw=pw: weight_only_linear(x, pw, path="gemv", config=cfg)
+                                           for pw in pws], n=48)
+            except Exception as e:  # noqa: BLE001
+                print("FAILED", cfg, str(e)[:200], flush=True)
+                continue
+            rows.append(dict(label=f"gemv rot {k}x{n}", cfg=cfg, us=us, err=err))
+            print(f"gemv rot {k}x{n} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
+            if us < best[1]:
+                best = (cfg, us)
+        summary.append(f"gemv rotating {k}x{n}: best {best[1]:.2f} us ({pws[0].nbytes() / best[1] / 1e6:.2f} TB/s) "
+                       f"{best[0]}")
+        del pws
+        torch.cuda.empty_cache()
+
+
+def _rot_us(fn_of_pw, pws):
+    return gpu_time_rotating_us([lambda pw=pw: fn_of_pw(pw) for pw in pws], n=48)
+
+
+def part_v3(rows, summary, timing=True):
+    """GEMV v3 (kernels/gemv3.py): GPU correctness grid, then v3 configs vs v2 vs torch (rotating timer)."""
+    from kernels import gemv3
+    os.environ["BITSWEEP_TUNE"] = "0"
+    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+    bad = 0
+    for bits in (2, 3, 4):
+        for g, k in ((32, 256), (64, 640), (128, 1024), (None, 512), (None, 1000)):
+            g = g or k
+            pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
+            for dtype in (torch.float16, torch.bfloat16):
+                for m, cfg in ((1, dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=True)),
+                               (1, dict(BLOCK_N=16, TILE_W=64, SPLIT_K=2, num_warps=4, EVICT=True, PREFETCH=True)),
+                               (1, dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, PACK=1)),
+                               (1, dict(BLOCK_N=4, TILE_W=256, SPLIT_K=3, num_warps=4, PACK=2, PREFETCH=True)),
+                               (3, dict(BLOCK_N=4, TILE_W=256, SPLIT_K=1, num_warps=2, EVICT=False))):
+                    x = torch.randn(m, k, device="cuda", dtype=dtype)
+                    b = torch.randn(200, device="cuda", dtype=dtype)
+                    if not gemv3.asm_ok(pw, x):
+                        continue
+                    try:
+                        e = rel(weight_only_linear(x, pw, b, path="gemv3", config=cfg), R.weight_only_linear(x, pw, b))
+                    except Exception as err:  # noqa: BLE001
+                        e = float("nan")
+                        print("v3 check FAILED", type(err).__name__, str(err)[:300], flush=True)
+                    ok = e < tol[dtype]
+                    bad += not ok
+                    rows.append(dict(label=f"check v3 w{bits} g{g} K={k} {dtype} M={m} {cfg}", err=e, ok=ok))
+                    if not ok:
+                        print(f"v3 w{bits} g{g} K={k} {dtype} M={m} {cfg}: rel={e:.2e} FAIL", flush=True)
+    summary.append(f"v3 check failures: {bad}")
+    os.environ["BITSWEEP_TUNE"] = "1"
+    if not timing:
+        return
+    cases = [(4, 8192, 8192, torch.float16), (4, 4096, 4096, torch.float16), (4, 8192, 28672, torch.float16),
+             (4, 28672, 8192, torch.float16), (4, 4096, 11008, torch.float16), (4, 11008, 4096, torch.float16),
+             (3, 8192, 8192, torch.float16), (2, 8192, 8192, torch.float16), (4, 8192, 8192, torch.bfloat16)]
+    for bits, k, n, dtype in cases:
+        ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))
+        pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        x = torch.randn(1, k, device="cuda", dtype=dtype)
+        ref = R.weight_only_linear(x, pws[0])
+        label = f"W{bits} {k}x{n} {str(dtype)[6:]}"
+        best = (None, float("inf"))
+        for cfg in gemv3.candidates(n, pws[0]) + [dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=False),
+                                                  dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=8, EVICT=True),
+                                                  dict(BLOCK_N=32, TILE_W=128, SPLIT_K=1, num_warps=8, EVICT=True)]:
+            try:
+                err = rel(weight_only_linear(x, pws[0], path="gemv3", config=cfg), ref)
+                us = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv3", config=cfg), pws)
+            except Exception as e:  # noqa: BLE001
+                print("FAILED", label, cfg, str(e)[:300], flush=True)
+                continue
+            rows.append(dict(label=f"v3 {label}", cfg=cfg, us=us, err=err))
+            print(f"v3 {label} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
+            if us < best[1]:
+                best = (cfg, us)
+        v2 = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv"), pws)
+        del pws
+        torch.cuda.empty_cache()
+        ws = [torch.randn(n, k, device="cuda", dtype=dtype) for _ in range(max(2, min(8, (400 * 2 ** 20) // (2 * n * k))))]
+        t = gpu_time_rotating_us([lambda w=w: F.linear(x, w) for w in ws], n=48)
+        del ws
+        torch.cuda.empty_cache()
+        nbytes = random_packed(8, k, bits, 128)[0].nbytes() * n // 8
+        summary.append(f"{label}: v3 {best[1]:.2f} us ({nbytes / best[1] / 1e6:.2f} TB/s) {best[0]} | v2 {v2:.2f} | "
+                       f"torch {t:.2f} -> {t / best[1]:.2f}x")
+
+
 def part_fp8(rows, summary):
     m, k, n = 4096, 8192, 8192
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -264,6 +459,14 @@ def main() -> int:
             part_mma(rows, summary)
         elif name == "fp8":
             part_fp8(rows, summary)
+        elif name == "timing":
+            part_timing(rows, summary)
+        elif name == "v3":
+            part_v3(rows, summary)
+        elif name == "v3check":
+            part_v3(rows, summary, timing=False)
+        elif name == "gemv_rot":
+            part_gemv_rot(rows, summary)
         summary.append(f"[{name}: {time.time() - t0:.0f} s]")
         (out / "sweep.json").write_text(json.dumps(dict(rows=rows, summary=summary), indent=1))
         print("\n".join(summary[-3:]), flush=True)
