@@ -4,7 +4,9 @@ Paths over the packed layout of kernels/packing.py, chosen by M (thresholds from
 sweeps, kernels/NOTES.md):
 
 * Dense layouts (bits 2/4/8, no padded slots):
-  M = 1: GEMV v2 (kernels/gemv.py); 2 <= M <= MMA_MAX_M: the fused tensor-core GEMM
+  M = 1: GEMV v3 (kernels/gemv3.py: flat word tiles, per-word PTX that loads its own x and
+  group scales, 4 words per call) for bits 2/4 with 16-byte-aligned rows, else GEMV v2
+  (kernels/gemv.py); 2 <= M <= MMA_MAX_M: the fused tensor-core GEMM
   (kernels/wo_mma.py: PTX dequant in registers, swap-AB, split-K); larger M on CUDA:
   ``dequant`` = one vectorized dequantize pass (kernels/dequant.py) + torch's matmul (an N*K
   16-bit temporary). If Triton fails to compile the MMA kernel for a layout, the unfused path
