@@ -30,6 +30,24 @@ def _halves(bits: int, bf16: bool) -> tuple[str, str, str]:
     return f"0x{mask:08X}", f"0x{magic | magic << 16:08X}", f"0x{center | center << 16:08X}"
 
 
+def _word_dot(word: str, xregs: list[str], bits: int, ty: str, mask: str, magic: str) -> list[str]:
+    """PTX lines: ``acc`` (half2) = sum over the word's pairs j of (pair j - center) * xregs[j].
+
+    Pair j: one shift, one ``lop3`` (extract | magic), one ``sub`` of ``mg`` (1024 + center,
+    set by the caller) and one ``fma``; uses the scratch registers t and h.
+    """
+    lines = []
+    for j, xr in enumerate(xregs):
+        src = word
+        if j:
+            lines.append(f"shr.b32 t, {word}, {bits * j};")
+            src = "t"
+        lines.append(f"lop3.b32 h, {src}, {mask}, {magic}, 0xEA;")
+        lines.append(f"sub.{ty} h, h, mg;")
+        lines.append(f"mul.rn.{ty} acc, h, {xr};" if j == 0 else f"fma.rn.{ty} acc, h, {xr}, acc;")
+    return lines
+
+
 @functools.lru_cache(maxsize=None)
 def dot_word_asm(bits: int, bf16: bool) -> str:
     """PTX: $0 (f32) = sum over the word's slots of (q - 2^(b-1)) * x; $1 word, $2.. x pairs."""
@@ -40,17 +58,7 @@ def dot_word_asm(bits: int, bf16: bool) -> str:
     cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
     lines = ["{", ".reg .b32 t, h, acc, mg;", ".reg .b16 lo, hi;", ".reg .f32 flo, fhi;",
              f"mov.b32 mg, {center};"]
-    for j in range(16 // bits):
-        src = "$1"
-        if j:
-            lines.append(f"shr.b32 t, $1, {bits * j};")
-            src = "t"
-        lines.append(f"lop3.b32 h, {src}, {mask}, {magic}, 0xEA;")
-        lines.append(f"sub.{ty} h, h, mg;")
-        if j == 0:
-            lines.append(f"mul.rn.{ty} acc, h, ${2 + j};")
-        else:
-            lines.append(f"fma.rn.{ty} acc, h, ${2 + j}, acc;")
+    lines += _word_dot("$1", [f"${2 + j}" for j in range(16 // bits)], bits, ty, mask, magic)
     lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} flo, lo;", f"{cvt} fhi, hi;",
               "add.f32 flo, flo, fhi;", "mov.b32 $0, flo;", "}"]
     return "\n".join(lines)
@@ -102,14 +110,7 @@ def word_term_asm(bits: int, bf16: bool) -> str:
         for j in range(npairs):
             lines += [f"mov.b32 x{j}, 0;", f"setp.lt.s32 pv, {j}, $5;", f"@pv ld.global.nc.b32 x{j}, [$2+{4 * j}];"]
     lines.append(f"mov.b32 mg, {center};")
-    for j in range(npairs):
-        src = "$1"
-        if j:
-            lines.append(f"shr.b32 t, $1, {bits * j};")
-            src = "t"
-        lines.append(f"lop3.b32 h, {src}, {mask}, {magic}, 0xEA;")
-        lines.append(f"sub.{ty} h, h, mg;")
-        lines.append(f"mul.rn.{ty} acc, h, x0;" if j == 0 else f"fma.rn.{ty} acc, h, x{j}, acc;")
+    lines += _word_dot("$1", xs, bits, ty, mask, magic)
     lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} fa, lo;", f"{cvt} fb, hi;", "add.f32 fd, fa, fb;"]
     if bf16:  # bf16 sums lose too much: sum x in fp32
         lines.append("mov.f32 fx, 0f00000000;")
@@ -156,15 +157,7 @@ def words_term_asm(bits: int, bf16: bool, pack: int) -> str:
         lines.append(f"ld.global.nc.v4.b32 {{x{4 * v}, x{4 * v + 1}, x{4 * v + 2}, x{4 * v + 3}}}, [{xaddr}+{16 * v}];")
     lines.append(f"mov.b32 mg, {center};")
     for i in range(pack):  # per word: half2 dot of its pairs, then added in fp32
-        for j in range(npairs):
-            src = word[i]
-            if j:
-                lines.append(f"shr.b32 t, {word[i]}, {bits * j};")
-                src = "t"
-            lines.append(f"lop3.b32 h, {src}, {mask}, {magic}, 0xEA;")
-            lines.append(f"sub.{ty} h, h, mg;")
-            xj = f"x{i * npairs + j}"
-            lines.append(f"mul.rn.{ty} acc, h, {xj};" if j == 0 else f"fma.rn.{ty} acc, h, {xj}, acc;")
+        lines += _word_dot(word[i], [f"x{i * npairs + j}" for j in range(npairs)], bits, ty, mask, magic)
         lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} fa, lo;", f"{cvt} fb, hi;"]
         lines += ["add.f32 fd, fa, fb;"] if i == 0 else ["add.f32 fd, fd, fa;", "add.f32 fd, fd, fb;"]
     lines.append(f"add.rn.{ty} xs, x0, x1;")
