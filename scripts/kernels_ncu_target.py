@@ -3,6 +3,7 @@
 Cases: W4 g128 8192^2 (tuned default config), the same with DIAG=1 (weight loads only), W2 and W3 8192^2,
 W4 4096^2, and a pure 33.5 MB read kernel (scripts/kernels_sweep.py) as the memory ceiling.
 """
+import json
 import os
 import sys
 
@@ -15,7 +16,7 @@ from kernels import gemv as G  # noqa: E402
 
 os.environ.setdefault("BITSWEEP_TUNE", "0")
 cases = os.environ.get("NCU_CASES", "w4,w4diag,w2,w3,w4s,read").split(",")
-extra = eval(os.environ.get("NCU_CFG", "{}"))  # noqa: S307 - a developer's profiling knob
+extra = json.loads(os.environ.get("NCU_CFG", "{}"))  # config overrides, e.g. {"BLOCK_N": 8}
 for case in cases:
     if case == "read":
         import kernels_sweep as S

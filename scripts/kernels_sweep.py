@@ -58,6 +58,20 @@ def best_of(rows, label, pw, x, path, cfgs, check=True):
     return best
 
 
+def check_case(rows, label, pw, x, b, path, cfg, tol) -> bool:
+    """One GPU correctness case vs the fp32 reference (a failure to run counts as wrong); records a row."""
+    try:
+        e = rel(weight_only_linear(x, pw, b, path=path, config=cfg), R.weight_only_linear(x, pw, b))
+    except Exception as err:  # noqa: BLE001 - a sweep records failures and goes on
+        e = float("nan")
+        print(f"{label} FAILED", type(err).__name__, str(err)[:300], flush=True)
+    ok = e < tol
+    rows.append(dict(label=f"check {label}", err=e, ok=ok))
+    if not ok:
+        print(f"{label}: rel={e:.2e} FAIL", flush=True)
+    return ok
+
+
 def part_check(rows, summary):
     """Correctness of the MMA kernel (PTX dequant) on the GPU, then the old check script."""
     os.environ["BITSWEEP_TUNE"] = "0"
@@ -74,17 +88,8 @@ def part_check(rows, summary):
                                SWAP=swap, num_warps=4, NUM_STAGES=3)
                     x = torch.randn(m, k, device="cuda", dtype=dtype)
                     b = torch.randn(200, device="cuda", dtype=dtype)
-                    try:
-                        e = rel(weight_only_linear(x, pw, b, path="mma", config=cfg), R.weight_only_linear(x, pw, b))
-                    except Exception as err:  # noqa: BLE001
-                        e = float("nan")
-                        print("mma check FAILED", type(err).__name__, str(err)[:300], flush=True)
-                    ok = e < tol[dtype]
-                    bad += not ok
-                    rows.append(dict(label=f"check mma w{bits} g{g} K={k} {dtype} M={m} swap={swap}", err=e, ok=ok))
-                    if not ok or m == 16:
-                        print(f"mma w{bits} g{g} K={k} {dtype} M={m} swap={swap}: rel={e:.2e} {'OK' if ok else 'FAIL'}",
-                              flush=True)
+                    bad += not check_case(rows, f"mma w{bits} g{g} K={k} {dtype} M={m} swap={swap}", pw, x, b,
+                                          "mma", cfg, tol[dtype])
     summary.append(f"mma check failures: {bad}")
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     import kernels_check
@@ -275,7 +280,7 @@ def part_timing(rows, summary):
                 x = torch.randn(1, k, device="cuda", dtype=torch.float16)
                 pws.append(pw)
                 return lambda: weight_only_linear(x, pw, path="gemv")
-            r = timers(f"W{bits} gemv M=1 {k}x{n}", make_w, random_packed(8, k, bits, 128)[0].nbytes() * n // 8)
+            timers(f"W{bits} gemv M=1 {k}x{n}", make_w, random_packed(8, k, bits, 128)[0].nbytes() * n // 8)
             if bits == 4 and k == n == 8192:
                 from kernels._tuning import _cache
                 cfg = next((v for kk, v in _cache().items() if "gemv2" in kk), None)
@@ -296,7 +301,6 @@ def part_timing(rows, summary):
 
 def part_gemv_rot(rows, summary):
     """GEMV v2 configs timed by the rotating timer (8 weight copies, no flush)."""
-    res = []
     for k, n in ((8192, 8192), (4096, 4096), (8192, 28672)):
         ncop = 12 if n * k <= 8192 * 8192 else 4
         pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
@@ -349,16 +353,8 @@ def part_v3(rows, summary, timing=True):
                     b = torch.randn(200, device="cuda", dtype=dtype)
                     if not gemv3.asm_ok(pw, x):
                         continue
-                    try:
-                        e = rel(weight_only_linear(x, pw, b, path="gemv3", config=cfg), R.weight_only_linear(x, pw, b))
-                    except Exception as err:  # noqa: BLE001
-                        e = float("nan")
-                        print("v3 check FAILED", type(err).__name__, str(err)[:300], flush=True)
-                    ok = e < tol[dtype]
-                    bad += not ok
-                    rows.append(dict(label=f"check v3 w{bits} g{g} K={k} {dtype} M={m} {cfg}", err=e, ok=ok))
-                    if not ok:
-                        print(f"v3 w{bits} g{g} K={k} {dtype} M={m} {cfg}: rel={e:.2e} FAIL", flush=True)
+                    bad += not check_case(rows, f"v3 w{bits} g{g} K={k} {dtype} M={m} {cfg}", pw, x, b, "gemv3",
+                                          cfg, tol[dtype])
     summary.append(f"v3 check failures: {bad}")
     os.environ["BITSWEEP_TUNE"] = "1"
     if not timing:
