@@ -8,12 +8,22 @@ Pipeline::
       -> calibration batches if needed  (harness.data)
       -> method.prepare / calibrate / convert   (methods registry)
       -> optional real mode             (methods.real.to_real)
+      -> optional sibling fusion        (methods.fuse.fuse_siblings: q/k/v, gate/up)
       -> each pending evaluator         (harness.eval)
       -> record                         (harness.results, atomic JSON)
 
 A failure anywhere after planning becomes a ``failed`` record (with the error)
 for every pending evaluator, never a crashed sweep. Planning errors
 (``ConfigError``: unknown names, invalid spec) are raised before any work.
+
+``fuse: true`` (after ``real``) fuses sibling linears into one GEMM each
+(``methods.fuse``): real W4 modules in real mode, plain ``nn.Linear`` in the
+16-bit baseline (so the baseline it is compared with is fused too); a quantized
+run must also set ``real: true`` (fake QuantLinears have no fused form). It is
+part of the config hash only when true: fusion is meant to change speed, but a
+GEMM of another shape may also change the last bits of the outputs, so fused
+and unfused records must not share a hash; leaving the key out when false keeps
+every earlier record's hash valid. The record's ``fused_layers`` says what fused.
 """
 from __future__ import annotations
 
@@ -41,7 +51,7 @@ from methods.registry import ConfigError, Method, build_dataclass, did_you_mean
 log = logging.getLogger(__name__)
 
 TOP_LEVEL_KEYS = ("model", "method", "quant", "data", "eval", "seed", "store", "device",
-                  "real", "leaderboard")
+                  "real", "fuse", "leaderboard")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class RunPlan:
     device: str
     dtype: torch.dtype
     real: bool
+    fuse: bool = False
     hashes: dict[str, str] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
 
@@ -99,7 +110,10 @@ def plan_run(cfg: dict) -> RunPlan:
     device = resolve_device(str(cfg.get("device", "auto")))
     plan = RunPlan(model, method, spec, data, evaluators, eval_cfg, int(cfg.get("seed", 0)),
                    Store(cfg.get("store", "results/store")), device,
-                   resolve_dtype(model, device), bool(cfg.get("real", False)))
+                   resolve_dtype(model, device), bool(cfg.get("real", False)), bool(cfg.get("fuse", False)))
+    if plan.fuse and not plan.real and not plan.is_baseline:
+        raise ConfigError("fuse=true fuses real quantized modules (and the baseline's nn.Linear): "
+                          "set real=true too (fake QuantLinear layers have no fused form)")
     if method.needs_calibration and plan.data.nsamples < 1:
         raise ConfigError(f"method '{method.config.name}' needs calibration data: "
                           f"data.nsamples={plan.data.nsamples} (must be >= 1)")
@@ -140,7 +154,7 @@ def _uses_stdlib(plan: RunPlan) -> bool:
 def _identity(plan: RunPlan) -> dict:
     from harness.data import corpus_fingerprint
 
-    return {
+    ident = {
         "model": plan.model.identity(),
         "method": asdict(plan.method.config),
         "quant": None if plan.is_baseline else asdict(plan.spec),
@@ -151,6 +165,9 @@ def _identity(plan: RunPlan) -> dict:
         "real": plan.real and not plan.is_baseline,
         "corpus": corpus_fingerprint() if _uses_stdlib(plan) else None,
     }
+    if plan.fuse:  # absent when false: hashes of unfused runs stay what they were
+        ident["fuse"] = True
+    return ident
 
 
 def seed_everything(seed: int) -> None:
@@ -221,6 +238,11 @@ def _quantized_model(plan: RunPlan):
         layers = to_real(model)
         qinfo["real_layers"] = layers
         qinfo["n_real"] = sum(v == "real" for v in layers.values())
+    if plan.fuse:
+        from methods.fuse import fuse_siblings
+        fused = fuse_siblings(model)
+        qinfo["fused_layers"] = fused
+        qinfo["n_fused"] = sum(v.startswith("fused") for v in fused.values())
     qinfo["quantize_s"] = time.time() - t0
     return model, tok, info, qinfo
 
@@ -237,7 +259,7 @@ def _base_record(plan: RunPlan) -> dict:
         "method_cfg": asdict(plan.method.config),
         "quant": plan.identity["quant"], "quant_label": _quant_label(plan),
         "data": plan.identity["data"], "seed": plan.seed, "dtype": str(plan.dtype),
-        "real": plan.identity["real"], "corpus_fingerprint": plan.identity["corpus"],
+        "real": plan.identity["real"], "fuse": plan.fuse, "corpus_fingerprint": plan.identity["corpus"],
         "device": _device_name(plan.device), "git": git_info(), "versions": package_versions(),
         "sweep_id": os.environ.get("BITSWEEP_SWEEP_ID"), "started_at": now_iso(),
     }
@@ -268,7 +290,7 @@ def _write(plan: RunPlan, base: dict, name: str, status: str, rows=None, error=N
         "effective_bits": qinfo.get("effective_bits"),
         "quantize_s": qinfo.get("quantize_s"), "wall_s": round(wall, 3),
         "peak_mem": _peak_mem(plan.device), "model_info": info or {},
-        "real_layers": qinfo.get("real_layers"), "extra": extra or {},
+        "real_layers": qinfo.get("real_layers"), "fused_layers": qinfo.get("fused_layers"), "extra": extra or {},
     }
     plan.store.put(rec)
     return rec

@@ -31,6 +31,9 @@ Stable API
 ``final_norm(model)``: name of the norm applied after the last block (or None).
 ``rotary_embedding(model)``: name of the rotary-embedding module (or None).
 ``model_layout(model)``: all of the above in one ``ModelLayout``.
+``is_attention(root, name)``: True / False / None (unknown) for the linear ``name``
+    (relative to ``root``) by its parents' class and attribute names (below).
+``dummy_input(model, tokens=8)``: seeded random input_ids for probing forwards.
 
 Attention vs MLP is decided by the parent module (a sub-module whose class or
 attribute name mentions attention); when no parent says so, the first
@@ -167,7 +170,8 @@ def lm_head(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None)
 
 
-def _dummy_input(model: nn.Module, tokens: int = 8) -> torch.Tensor:
+def dummy_input(model: nn.Module, tokens: int = 8) -> torch.Tensor:
+    """Seeded random input_ids [1, tokens] on the model's device (ids < min(vocab, 1000))."""
     vocab = getattr(getattr(model, "config", None), "vocab_size", 32) or 32
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -183,7 +187,7 @@ def _call_order(model: nn.Module, names: list[str]) -> dict[str, int]:
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(n)) for n in names]
     try:
         with torch.no_grad():
-            model(_dummy_input(model), use_cache=False)
+            model(dummy_input(model), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
@@ -283,7 +287,8 @@ def _scale_probe(block: nn.Module, producer: str, consumer: str, args, kwargs) -
     return bool(torch.allclose(new.float(), (ref * s).float(), rtol=tol, atol=tol * ref.abs().max().item()))
 
 
-def _is_attention(block: nn.Module, lin: str) -> bool | None:
+def is_attention(block: nn.Module, lin: str) -> bool | None:
+    """Is ``lin`` (a name relative to ``block``) inside attention (True), an MLP (False), or unknown (None)?"""
     parts = lin.split(".")
     for i in range(len(parts) - 1, 0, -1):
         parent = ".".join(parts[:i])
@@ -312,7 +317,7 @@ def layout_from_inputs(block: nn.Module, args, kwargs) -> BlockLayout:
         prod = producer_of.get(key)
         norm = prod if prod is not None and is_norm(block.get_submodule(prod)) else None
         raw.append((tuple(dict.fromkeys(names)), norm))
-    attn = {n: _is_attention(block, n) for n, _ in calls}
+    attn = {n: is_attention(block, n) for n, _ in calls}
     if all(v is None for v in attn.values()):  # fall back on order: first norm-fed group is attention
         first_norm = next((i for i, (_, nm) in enumerate(raw) if nm), 0)
         attn = {n: i <= first_norm + 1 for i, (names, _) in enumerate(raw) for n in names}
@@ -337,7 +342,7 @@ def layout_from_inputs(block: nn.Module, args, kwargs) -> BlockLayout:
 
 def block_layout(model: nn.Module, example: torch.Tensor | None = None) -> BlockLayout:
     """Layout of the model's decoder blocks, discovered on block 0."""
-    ids = _dummy_input(model) if example is None else example
+    ids = dummy_input(model) if example is None else example
     args, kwargs = capture_block0(model, ids)
     _, blocks = find_blocks(model)
     return layout_from_inputs(blocks[0], args, kwargs)
