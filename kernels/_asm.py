@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 
+from kernels.packing import values_per_word
+
 ASM_BITS = (2, 3, 4)
 
 
@@ -167,5 +169,95 @@ def words_term_asm(bits: int, bf16: bool, pack: int) -> str:
               "cvt.f32.f16 fs, sh;", "cvt.f32.f16 fz, zh;", "neg.f32 fz, fz;", "mul.f32 fd, fd, fs;",
               "fma.rn.f32 $0, fx, fz, fd;"]
     lines += [f"mov.b32 ${i}, 0;" for i in range(1, pack)]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
+def mma_words_asm(bits: int, bf16: bool, hi: bool) -> str:
+    """PTX for the tensor-core GEMV (kernels/gemv_tc.py): 4 words of two rows each -> mma.sync.
+
+    A warp-collective block (every lane of the warp runs it together; the kernel's loop is
+    uniform), called with pack=8: lane (g, t) = (lane // 4, lane % 4) passes 4 consecutive
+    words of weight row g and the same 4 words of row g + 8 of a 16-row block, covering input
+    columns ``c0 .. c0 + 4P - 1`` (c0 = 4P * t in the 16-word step). The weights are the
+    mma's A operand (m16n8k16, rows = weight rows): in the half-word paired layout a
+    word's half2 pairs are consecutive column pairs, so dequantized pairs 2h / 2h+1 of a word
+    are exactly the A registers for k slots 2t..2t+1 / 2t+8..2t+9: the 16 k slots of an mma
+    are mapped to columns ``c0 + 4h .. c0 + 4h + 3`` of the four lanes t, a permutation of
+    K that B (x of token g: ``b0, b1`` = the same two column pairs, loaded here) shares.
+    No weight repacking, and the B registers come straight from 16-byte x loads.
+
+    Operands: $0..$3 (f32) accumulators out for tokens 0-7 of the token block: C[row g +
+    8*(i//2)][token 2t + i%2]; $4..$7 the same for tokens 8-15 (``hi``; else passed through);
+    $8..$11 words of row g, $12..$15 of row g + 8; $16..$23 accumulators in; then 8 copies
+    each of: token g's x address (first used: 2P contiguous x values), with ``hi`` token
+    g + 8's, the group scale address (copies 0 and 4 used: rows g and g + 8), the szero
+    address, and an int32 ``valid`` flag (first used): 0 zeroes scale and szero, so the
+    words contribute nothing (a K tail step whose words were read from a clamped address).
+    Dequant per pair: lop3 (code | 1024) -> sub (1024 + 2^(b-1)) -> fma (scale,
+    -szero): one rounding to fp16 (bf16: magic 128; scale and szero rounded to bf16 once).
+    """
+    if bits not in (2, 4) and not (bits == 8 and not bf16):
+        raise ValueError(f"the mma.sync GEMV supports bits 2/4 (and 8 with fp16), got {bits}")
+    m = 2 ** bits - 1
+    mask = f"0x{m | (m << 16):08X}"
+    if bf16:
+        magic, center = 0x4300, 0x4300 + 2 ** (bits - 1)
+    else:
+        magic, center = 0x6400, 0x6400 + 2 ** (bits - 1)
+    ty = "bf16" if bf16 else "f16"
+    p = values_per_word(bits)
+    npairs = p // 2  # half2 pairs per word
+    nx = 4 * npairs  # x pairs (b32) per token for the 4 words
+    xl = [f"xl{i}" for i in range(nx)]
+    xh = [f"xh{i}" for i in range(nx)] if hi else []
+    base = 24
+    xaddr_l = f"${base}"
+    xaddr_h = f"${base + 8}" if hi else None
+    sb = base + (16 if hi else 8)
+    saddr = (f"${sb}", f"${sb + 4}")
+    zaddr = (f"${sb + 8}", f"${sb + 12}")
+    valid = f"${sb + 16}"
+    lines = ["{", f".reg .b32 t, a0, a1, a2, a3, mg, {', '.join(xl + xh)};",
+             ".reg .b32 s20, s21, z20, z21;", ".reg .b16 sh0, sh1, zh0, zh1;", ".reg .f32 fs, fz;",
+             ".reg .pred pv;", f"setp.ne.s32 pv, {valid}, 0;"]
+    for r in range(2):
+        lines += [f"ld.global.nc.b16 sh{r}, [{saddr[r]}];", f"ld.global.nc.b16 zh{r}, [{zaddr[r]}];"]
+    for v in range(nx // 4):
+        lines.append(f"ld.global.nc.v4.b32 {{{', '.join(xl[4 * v:4 * v + 4])}}}, [{xaddr_l}+{16 * v}];")
+        if hi:
+            lines.append(f"ld.global.nc.v4.b32 {{{', '.join(xh[4 * v:4 * v + 4])}}}, [{xaddr_h}+{16 * v}];")
+    for r in range(2):
+        if bf16:
+            lines += [f"cvt.f32.f16 fs, sh{r};", f"cvt.f32.f16 fz, zh{r};", "neg.f32 fz, fz;",
+                      f"cvt.rn.bf16.f32 sh{r}, fs;", f"cvt.rn.bf16.f32 zh{r}, fz;"]
+        else:
+            lines.append(f"neg.f16 zh{r}, zh{r};")
+        lines += [f"mov.b32 s2{r}, {{sh{r}, sh{r}}};", f"mov.b32 z2{r}, {{zh{r}, zh{r}}};",
+                  f"selp.b32 s2{r}, s2{r}, 0, pv;", f"selp.b32 z2{r}, z2{r}, 0, pv;"]
+    lines.append(f"mov.b32 mg, 0x{center | center << 16:08X};")
+    first = True
+    for j in range(4):  # word j of both rows: columns c0 + P*j ..
+        for h in range(p // 4):  # one k16 mma per 4 columns of each lane
+            for reg, row, pair in (("a0", 0, 2 * h), ("a1", 1, 2 * h), ("a2", 0, 2 * h + 1), ("a3", 1, 2 * h + 1)):
+                word = f"${8 + 4 * row + j}"
+                src = word
+                if pair:
+                    lines.append(f"shr.b32 t, {word}, {bits * pair};")
+                    src = "t"
+                lines += [f"lop3.b32 {reg}, {src}, {mask}, 0x{magic | magic << 16:08X}, 0xEA;",
+                          f"sub.{ty}x2 {reg}, {reg}, mg;", f"fma.rn.{ty}x2 {reg}, {reg}, s2{row}, z2{row};"]
+            i0 = j * npairs + 2 * h
+            for half, xs in ((0, xl), (1, xh)):
+                if half and not hi:
+                    continue
+                d = ", ".join(f"${4 * half + i}" for i in range(4))
+                c = ", ".join(f"${16 + 4 * half + i}" for i in range(4)) if first else d
+                lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, "
+                             f"{{a0, a1, a2, a3}}, {{{xs[i0]}, {xs[i0 + 1]}}}, {{{c}}};")
+            first = False
+    if not hi:
+        lines += [f"mov.b32 ${4 + i}, ${20 + i};" for i in range(4)]
     lines.append("}")
     return "\n".join(lines)

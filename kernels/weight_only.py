@@ -6,8 +6,9 @@ sweeps, kernels/NOTES.md):
 * Dense layouts (bits 2/4/8, no padded slots):
   M = 1: GEMV v3 (kernels/gemv3.py: flat word tiles, per-word PTX that loads its own x and
   group scales, 4 words per call) for bits 2/4 with 16-byte-aligned rows, else GEMV v2
-  (kernels/gemv.py); 2 <= M <= MMA_MAX_M: the fused tensor-core GEMM
-  (kernels/wo_mma.py: PTX dequant in registers, swap-AB, split-K); larger M on CUDA:
+  (kernels/gemv.py); 2 <= M <= 16 on CUDA: the tensor-core GEMV (kernels/gemv_tc.py: PTX
+  dequant straight into mma.sync A fragments) where it takes the layout; up to MMA_MAX_M:
+  the fused tensor-core GEMM (kernels/wo_mma.py: PTX dequant in registers, swap-AB, split-K); larger M on CUDA:
   ``dequant`` = one vectorized dequantize pass (kernels/dequant.py) + torch's matmul (an N*K
   16-bit temporary). If Triton fails to compile the MMA kernel for a layout, the unfused path
   runs and a warning says so.
@@ -35,6 +36,7 @@ from kernels import _asm
 from kernels import dequant as _dequant
 from kernels import gemv as _gemv2
 from kernels import gemv3 as _gemv3
+from kernels import gemv_tc as _gemv_tc
 from kernels import wo_mma as _mma
 from kernels._tiles import dot_acc, grouped_tile, store_or_add
 from kernels._tuning import interpreting, tuned
@@ -46,8 +48,10 @@ GEMV_MAX_M = 4  # GEMV for M <= this when the fused MMA kernel cannot take the l
 MMA_GEMV_MAX_M = 1  # with an MMA-capable layout only M = 1 stays on the GEMV
 MMA_MAX_M = 64  # fused MMA up to this M on CUDA, dequant + torch matmul above (H100 sweep, NOTES.md)
 DEQUANT_MIN_M = 32  # layouts without the MMA path: dequantize once + torch matmul from here on
-PATHS = ("gemv3", "gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant")
+PATHS = ("gemv_tc", "gemv3", "gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant")
 USE_GEMV3 = True  # M=1 (and small-M 3-bit) on the v3 GEMV where it takes the layout (NOTES.md run 5)
+USE_GEMV_TC = True  # 2 <= M <= GEMV_TC_MAX_M on the mma.sync GEMV where it takes the layout (NOTES.md run 6)
+GEMV_TC_MAX_M = 16  # one token block: above it the weights would be read once per 16 tokens
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -377,6 +381,8 @@ def _default_path(m: int, x2: torch.Tensor, pw: PackedWeight) -> str:
     if _mma_ok(x2, pw):
         if m <= MMA_GEMV_MAX_M:
             return "gemv"
+        if USE_GEMV_TC and on_gpu and m <= GEMV_TC_MAX_M and _gemv_tc.asm_ok(pw, x2):
+            return "gemv_tc"
         return "dequant" if on_gpu and m > MMA_MAX_M else "mma"
     if m <= GEMV_MAX_M:
         return "gemv"
@@ -406,6 +412,8 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
         path = _default_path(m, x2, pw)
         if path == "gemv" and USE_GEMV3 and _gemv3.supported(pw, x2):
             path = "gemv3"
+    if path == "gemv_tc" and not _gemv_tc.supported(pw, x2):
+        path = "gemv"
     if path == "gemv3" and not _gemv3.supported(pw, x2):
         path = "gemv"
     if path in ("gemv", "gemv_plain") and not _gemv2.supported(pw):
@@ -413,7 +421,14 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
     if path == "mma" and not _mma_ok(x2, pw):
         path = "gemm"
     key = (m, pw.out_features, pw.in_features, pw.bits, pw.group_size, str(x2.dtype))
-    if path == "gemv3":
+    if path == "gemv_tc":
+        use_asm = x2.is_cuda and not interpreting() and _gemv_tc.asm_ok(pw, x2)
+        cfg = config or tuned(f"gemv_tc{'_asm' if use_asm else ''}", key, _gemv_tc.fixed_config(),
+                              _gemv_tc.default_config(pw.out_features, pw),
+                              _gemv_tc.candidates(pw.out_features, pw),
+                              lambda c: _gemv_tc.gemv_tc(x2, pw, bias, c, use_asm))
+        y = _gemv_tc.gemv_tc(x2, pw, bias, cfg, use_asm)
+    elif path == "gemv3":
         use_asm = x2.is_cuda and not interpreting() and _gemv3.asm_ok(pw, x2)
         cfg = config or tuned(f"gemv3{'_asm' if use_asm else ''}", key, _gemv3.fixed_config(),
                               _gemv3.default_config(pw.out_features, pw),

@@ -1,7 +1,7 @@
 """Launch each M=1 GEMV case once (after warm-up) for Nsight Compute: ``ncu ... python scripts/kernels_ncu_target.py``.
 
 Cases: W4 g128 8192^2 (tuned default config), the same with DIAG=1 (weight loads only), W2 and W3 8192^2,
-W4 4096^2, and a pure 33.5 MB read kernel (scripts/kernels_sweep.py) as the memory ceiling.
+W4 4096^2, v3 (w4v3), the tensor-core GEMV at M=1 / 16 (tc1, tc16), and a pure 33.5 MB read kernel (scripts/kernels_sweep.py) as the memory ceiling.
 """
 import json
 import os
@@ -26,16 +26,19 @@ for case in cases:
         for _ in range(2):
             S._read_kernel[(nw // 1024,)](buf, out, nw, BLOCK=1024, ITERS=1, UNROLL=False, num_warps=4)
         continue
-    bits = {"w4": 4, "w4diag": 4, "w2": 2, "w3": 3, "w4s": 4, "w4v3": 4}[case]
+    bits = {"w4": 4, "w4diag": 4, "w2": 2, "w3": 3, "w4s": 4, "w4v3": 4, "tc1": 4, "tc16": 4}[case]
     kn = 4096 if case == "w4s" else 8192
     pw, *_ = random_packed(kn, kn, bits, 128, device="cuda", seed=1)
-    x = torch.randn(1, kn, device="cuda", dtype=torch.float16)
+    x = torch.randn(16 if case == "tc16" else 1, kn, device="cuda", dtype=torch.float16)
     cfg = dict(G.default_config(kn, pw), **extra)
     if case == "w4diag":
         cfg["DIAG"] = 1
     path = "gemv"
     if case == "w4v3":
-        path, cfg = "gemv3", dict(BLOCK_N=4, TILE_W=256, SPLIT_K=1, num_warps=4, EVICT=True)
+        path, cfg = "gemv3", dict(BLOCK_N=16, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)
+    if case in ("tc1", "tc16"):
+        from kernels import gemv_tc
+        path, cfg = "gemv_tc", dict(gemv_tc.default_config(kn, pw), **extra)
     for _ in range(2):
         weight_only_linear(x, pw, path=path, config=cfg)
     torch.cuda.synchronize()

@@ -394,6 +394,78 @@ def part_v3(rows, summary, timing=True):
                        f"torch {t:.2f} -> {t / best[1]:.2f}x")
 
 
+def part_tc(rows, summary, timing=True):
+    """Tensor-core GEMV (kernels/gemv_tc.py): GPU correctness grid, then configs vs v3 / MMA / torch at M=1..16."""
+    from kernels import gemv_tc
+    os.environ["BITSWEEP_TUNE"] = "0"
+    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+    bad = n_cases = 0
+    for bits in (2, 4, 8):
+        for g, k in ((32, 256), (64, 640), (128, 1024), (None, 512), (128, 4096)):
+            g = g or k
+            pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
+            for dtype in (torch.float16, torch.bfloat16):
+                for m, cfg in ((1, dict(BLOCK_N=64, KS=4, U=4, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)),
+                               (5, dict(BLOCK_N=32, SPLIT_K=2, num_warps=2, EVICT=True)),
+                               (16, dict(BLOCK_N=128, KS=4, U=2, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)),
+                               (9, dict(BLOCK_N=128, KS=2, U=4, SPLIT_K=3, num_warps=4, PREFETCH=True)),
+                               (37, dict(BLOCK_N=128, KS=8, U=1, SPLIT_K=1, num_warps=8, EVICT=True, PREFETCH=True))):
+                    x = torch.randn(m, k, device="cuda", dtype=dtype)
+                    b = torch.randn(200, device="cuda", dtype=dtype)
+                    if not gemv_tc.asm_ok(pw, x):
+                        continue
+                    n_cases += 1
+                    bad += not check_case(rows, f"tc w{bits} g{g} K={k} {dtype} M={m} {cfg}", pw, x, b, "gemv_tc",
+                                          cfg, tol[dtype])
+    summary.append(f"tc check failures: {bad} of {n_cases}")
+    os.environ["BITSWEEP_TUNE"] = "1"
+    if not timing:
+        return
+    cases = [(4, 8192, 8192, torch.float16), (4, 4096, 4096, torch.float16), (4, 8192, 28672, torch.float16),
+             (4, 28672, 8192, torch.float16), (4, 4096, 12288, torch.float16), (4, 11008, 4096, torch.float16),
+             (2, 8192, 8192, torch.float16), (4, 8192, 8192, torch.bfloat16), (8, 8192, 8192, torch.float16)]
+    for bits, k, n, dtype in cases:
+        ncop = max(2, min(24, (400 * 2 ** 20) // (n * k * bits // 8)))
+        pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        label = f"W{bits} {k}x{n} {str(dtype)[6:]}"
+        ms = (1, 16) if (k, n, dtype, bits) == (8192, 8192, torch.float16, 4) else (1, 16) if bits == 4 else (1,)
+        for m in ms:
+            if (k, n) not in ((8192, 8192),) and m > 1 and bits != 4:
+                continue
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            ref = R.weight_only_linear(x, pws[0])
+            best = (None, float("inf"))
+            for cfg in gemv_tc.candidates(n, pws[0]):
+                try:
+                    err = rel(weight_only_linear(x, pws[0], path="gemv_tc", config=cfg), ref)
+                    us = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv_tc", config=cfg), pws)
+                except Exception as e:  # noqa: BLE001
+                    print("FAILED", label, m, cfg, str(e)[:300], flush=True)
+                    continue
+                rows.append(dict(label=f"tc {label} M={m}", cfg=cfg, us=us, err=err))
+                print(f"tc {label} M={m} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
+                if us < best[1]:
+                    best = (cfg, us)
+            other = "gemv3" if m == 1 else "mma"
+            if bits == 8 and m == 1:
+                other = "gemv"
+            try:
+                o = _rot_us(lambda pw: weight_only_linear(x, pw, path=other), pws)
+            except Exception as e:  # noqa: BLE001
+                o = float("nan")
+                print("FAILED", other, str(e)[:200], flush=True)
+            ws = [torch.randn(n, k, device="cuda", dtype=dtype)
+                  for _ in range(max(2, min(8, (400 * 2 ** 20) // (2 * n * k))))]
+            t = gpu_time_rotating_us([lambda w=w: F.linear(x, w) for w in ws], n=48)
+            del ws
+            torch.cuda.empty_cache()
+            nbytes = random_packed(8, k, bits, 128)[0].nbytes() * n // 8
+            summary.append(f"{label} M={m}: tc {best[1]:.2f} us ({nbytes / best[1] / 1e6:.2f} TB/s) {best[0]} | "
+                           f"{other} {o:.2f} | torch {t:.2f} -> {t / best[1]:.2f}x")
+        del pws
+        torch.cuda.empty_cache()
+
+
 def part_fp8(rows, summary):
     m, k, n = 4096, 8192, 8192
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -461,6 +533,10 @@ def main() -> int:
             part_v3(rows, summary)
         elif name == "v3check":
             part_v3(rows, summary, timing=False)
+        elif name == "tc":
+            part_tc(rows, summary)
+        elif name == "tccheck":
+            part_tc(rows, summary, timing=False)
         elif name == "gemv_rot":
             part_gemv_rot(rows, summary)
         summary.append(f"[{name}: {time.time() - t0:.0f} s]")

@@ -1,0 +1,287 @@
+"""Tensor-core GEMV (1 <= M <= 16 per token block; bits 2/4, and 8 with fp16): mma.sync on dequantized registers.
+
+Contract: ``gemv_tc(x2 [M, K], pw, bias, cfg, use_asm) -> [M, N]`` in x2's dtype, the
+same function as ``kernels.reference.weight_only_linear``; ``supported(pw, x2)`` says
+whether this kernel takes the layout (CUDA path) and ``plain_ok(pw)`` whether its
+plain-integer tiling (interpreter) does.
+
+Why (kernels/NOTES.md, run 6): the v3 GEMV spends ~30 SASS instructions per 4-bit word on
+half2 FMAs, x sums and fp32 epilogues, and a tensor-core GEMM in Triton sends the
+dequantized tile through shared memory before ``wgmma`` (the M=16 MMA kernel, 31 us at
+8192^2, twice the M=1 time). Here the tensor core is fed straight from registers: one
+inline-PTX block per 4 words (``kernels._asm.mma_words_asm``) dequantizes each half2 pair
+(lop3 / sub / fma) into exactly the register an ``mma.sync.m16n8k16`` B fragment expects
+and issues the MMA, accumulating 16 tokens x 8 rows per warp. No weight repacking: the
+mma's 16 k slots are mapped to the 4 columns that each of a quad's 4 lanes holds (a
+permutation of K shared by the A fragment, which the PTX loads with the same mapping).
+
+Layout contract (checked on the TTGIR in tests/test_kernels_gemv_tc.py): the word tile is
+[BLOCK_N, 16] int32 with Triton's 16-byte blocked layout, sizePerThread [1, 4],
+threadsPerWarp [8, 4], order [1, 0]: lane (g, t) holds words 4t..4t+3 of tile row
+``8 * (warp + W * rep) + g``. The accumulators are a [BLOCK_N, 16] fp32 tensor in the same
+layout (4 per lane per row block): element (r, c) is C[token g + 8*(j//2)][row
+(r - g) + 2t + j % 2] with g = r % 8, t = c // 4, j = c % 4, which is how the
+results are stored. Triton keeps the 4 registers of a pack in one thread and the PTX
+block is warp-collective, so every lane runs it in the same iteration (uniform loop).
+
+Under TRITON_INTERPRET=1 (no PTX) the same tiling and output mapping run with plain
+integer ops that compute each element's (token, row) dot directly. SPLIT_K > 1
+accumulates fp32 partials with atomics.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import _asm
+from kernels._tiles import store_or_add
+from kernels.packing import PackedWeight, values_per_word
+
+TILE_W = 16  # words per row per step: 4 lanes x 4 words (the quad of an mma B fragment)
+TOKENS = 16  # tokens per program (the mma's M)
+
+
+@triton.jit
+def _plain_words(x_ptr, qw_ptr, s_ptr, sz_ptr, tok, orow, wb, valid, KW, G, stride_xm,
+                 BITS: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr):
+    """Interpreter path: 16 words from word wb [BN, 1] of each element's (token, row) dot, [BN, 16] fp32."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    CENTER: tl.constexpr = 1 << (BITS - 1)
+    acc = tl.zeros(tok.shape, dtype=tl.float32)
+    for u in tl.static_range(16):
+        w = wb + u
+        q = tl.load(qw_ptr + orow * KW + w)  # [BN, 16] gather: the element's output row
+        s = tl.load(s_ptr + orow * G + w // WPG).to(tl.float32)
+        sz = tl.load(sz_ptr + orow * G + w // WPG).to(tl.float32)
+        for j in tl.static_range(P):
+            c = ((q >> (16 * (j % 2) + BITS * (j // 2))) & MASK) - CENTER
+            xj = tl.load(x_ptr + tok * stride_xm + w * P + j).to(tl.float32)
+            acc += (c.to(tl.float32) * s - sz) * xj
+    return tl.where(valid, acc, 0.0)
+
+
+@triton.jit
+def _where(kbase, w, w_start, span, WPK):
+    """(valid [BN, 1], wb [BN, 1]): the step at offset w of each element's K part, and its first word.
+
+    A step past the part's end (or the split's) is invalid: it re-reads the split's first step (in
+    bounds) and contributes 0 (zero scales in the PTX, masked in the plain path).
+    """
+    valid = ((kbase + w) < span) & (w < WPK)
+    return valid, w_start + tl.where(valid, kbase + w, 0)
+
+
+@triton.jit
+def _words(qw_ptr, qrow, wb, c, EVICT: tl.constexpr):
+    """int32 words [BN, 16] of the step at wb. Each row's 16 start at a multiple of 16 (KW % 16 == 0,
+    whole steps); Triton cannot prove it through the per-warp K-part offset, and without the hint the
+    loads are 4-byte instead of 16-byte (seen in the SASS)."""
+    qp = qw_ptr + tl.multiple_of(qrow + wb + c[None, :], [1, 16])
+    if EVICT:  # the weights are read once: keep x and the scales in cache
+        return tl.load(qp, eviction_policy="evict_first")
+    return tl.load(qp)
+
+
+@triton.jit
+def _step(acc, q, valid, wb, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok, orow, KW, G, stride_xm,
+          BITS: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr, HI: tl.constexpr,
+          USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr):
+    """One 16-word step (words q [BN, 16] at wb [BN, 1]): acc [BN, 16] fp32 updated."""
+    if USE_ASM:
+        so = srow + (wb + c[None, :]) // WPG
+        v = (valid + c[None, :] * 0).to(tl.int32)
+        if HI:
+            acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, xhi + wb * P, s_ptr + so,
+                                                               sz_ptr + so, v],
+                                            dtype=tl.float32, is_pure=True, pack=8)
+        else:
+            acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, s_ptr + so, sz_ptr + so, v],
+                                            dtype=tl.float32, is_pure=True, pack=8)
+    else:
+        acc += _plain_words(x_ptr, qw_ptr, s_ptr, sz_ptr, tok, orow, wb, valid, KW, G, stride_xm, BITS, WPG, P)
+    return acc
+
+
+@triton.jit
+def _gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
+                    M, N, KW, G, WPS, WPK, stride_xm, stride_om,
+                    BITS: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr,
+                    BLOCK_N: tl.constexpr, WARPS: tl.constexpr, KS: tl.constexpr, U: tl.constexpr,
+                    SPLIT_K: tl.constexpr, HI: tl.constexpr,
+                    USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    tok0 = tl.program_id(2) * 16
+    ROWS: tl.constexpr = BLOCK_N // KS  # weight rows per program
+    WQ: tl.constexpr = WARPS // KS  # warps per K part
+    # tile row r = 8 * (WARPS * rep + warp) + g (Triton's layout, see the module docstring); reps pair up
+    # (the pack of 8 registers) into 16-row blocks; warp % KS picks the block's K part
+    r = tl.arange(0, BLOCK_N)
+    c = tl.arange(0, 16)
+    g = r % 8
+    warp = (r // 8) % WARPS
+    rep = r // (8 * WARPS)
+    par = rep % 2  # 0: rows 0-7 of the block / tokens 0-7 of the outputs, 1: rows 8-15 / tokens 8-15
+    rblk = (rep // 2) * WQ + warp // KS  # the element's 16-row block
+    kpart = warp % KS
+    rows = pid_n * ROWS + rblk * 16 + 8 * par + g  # weight row whose words the element holds
+    rows = tl.where(rows < N, rows, N - 1)  # clamp: row loads stay in bounds, those outputs are masked
+    tt = c // 4
+    jj = c % 4
+    # element (r, c) accumulates out[token][row]
+    tok = tok0 + (8 * par)[:, None] + (2 * tt + jj % 2)[None, :]  # [BN, 16]
+    orow = pid_n * ROWS + (rblk * 16 + g)[:, None] + (8 * (jj // 2))[None, :]  # [BN, 16]
+    orow_c = tl.minimum(orow, N - 1)
+    tok_c = tl.minimum(tok, M - 1)
+    w_start = pid_k * WPS
+    span = tl.minimum(WPS, KW - w_start)  # words of this split
+    kbase = (kpart * WPK)[:, None]  # [BN, 1] first word of the element's K part within the split
+    qrow = (rows * KW)[:, None]
+    srow = (rows * G)[:, None]
+    tlo = tl.minimum(tok0 + g, M - 1)  # the lane's B columns (tokens g, g + 8), clamped
+    thi = tl.minimum(tok0 + g + 8, M - 1)
+    xlo = x_ptr + (tlo * stride_xm)[:, None] + (c * P)[None, :]  # [BN, 16]: x of word c at word 0
+    xhi = x_ptr + (thi * stride_xm)[:, None] + (c * P)[None, :]
+    acc0 = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+    # U independent steps (accumulator chains) per iteration; with PREFETCH the next iteration's
+    # words are loaded (register double buffer) before this iteration's PTX runs
+    if PREFETCH:
+        v0n, b0n = _where(kbase, 0, w_start, span, WPK)
+        q0n = _words(qw_ptr, qrow, b0n, c, EVICT)
+        v1n, b1n = _where(kbase, 16, w_start, span, WPK)
+        q1n = _words(qw_ptr, qrow, b1n, c, EVICT)
+        v2n, b2n = _where(kbase, 32, w_start, span, WPK)
+        q2n = _words(qw_ptr, qrow, b2n, c, EVICT)
+        v3n, b3n = _where(kbase, 48, w_start, span, WPK)
+        q3n = _words(qw_ptr, qrow, b3n, c, EVICT)
+    for w in range(0, WPK, 16 * U):
+        if PREFETCH:
+            v0, b0, q0 = v0n, b0n, q0n
+            v0n, b0n = _where(kbase, w + 16 * U, w_start, span, WPK)
+            q0n = _words(qw_ptr, qrow, b0n, c, EVICT)
+            if U >= 2:
+                v1, b1, q1 = v1n, b1n, q1n
+                v1n, b1n = _where(kbase, w + 16 * U + 16, w_start, span, WPK)
+                q1n = _words(qw_ptr, qrow, b1n, c, EVICT)
+            if U >= 4:
+                v2, b2, q2 = v2n, b2n, q2n
+                v2n, b2n = _where(kbase, w + 16 * U + 32, w_start, span, WPK)
+                q2n = _words(qw_ptr, qrow, b2n, c, EVICT)
+                v3, b3, q3 = v3n, b3n, q3n
+                v3n, b3n = _where(kbase, w + 16 * U + 48, w_start, span, WPK)
+                q3n = _words(qw_ptr, qrow, b3n, c, EVICT)
+        else:
+            v0, b0 = _where(kbase, w, w_start, span, WPK)
+            q0 = _words(qw_ptr, qrow, b0, c, EVICT)
+            if U >= 2:
+                v1, b1 = _where(kbase, w + 16, w_start, span, WPK)
+                q1 = _words(qw_ptr, qrow, b1, c, EVICT)
+            if U >= 4:
+                v2, b2 = _where(kbase, w + 32, w_start, span, WPK)
+                q2 = _words(qw_ptr, qrow, b2, c, EVICT)
+                v3, b3 = _where(kbase, w + 48, w_start, span, WPK)
+                q3 = _words(qw_ptr, qrow, b3, c, EVICT)
+        acc0 = _step(acc0, q0, v0, b0, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                     stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
+        if U >= 2:
+            acc1 = _step(acc1, q1, v1, b1, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
+        if U >= 4:
+            acc2 = _step(acc2, q2, v2, b2, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
+            acc3 = _step(acc3, q3, v3, b3, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
+    acc = (acc0 + acc1) + (acc2 + acc3)
+    # sum the K parts: r = 8 * KS * (rep * WQ + warp // KS) + 8 * kpart + g
+    acc = tl.sum(tl.reshape(acc, [BLOCK_N // (8 * KS), KS, 8, 16]), axis=1)  # [A, 8, 16]
+    a = tl.arange(0, BLOCK_N // (8 * KS))
+    rep_a = a // WQ
+    blk_a = (rep_a // 2) * WQ + a % WQ
+    g8 = tl.arange(0, 8)
+    tok3 = tok0 + (8 * (rep_a % 2))[:, None, None] + (2 * tt + jj % 2)[None, None, :]  # [A, 1, 16]
+    orow3 = pid_n * ROWS + (blk_a * 16)[:, None, None] + g8[None, :, None] + (8 * (jj // 2))[None, None, :]
+    omask = (tok3 < M) & (orow3 < N)  # [A, 8, 16]
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + orow3, mask=omask, other=0).to(tl.float32)
+    store_or_add(out_ptr + tok3 * stride_om + orow3, acc, omask, SPLIT_K)
+
+
+def plain_ok(pw: PackedWeight) -> bool:
+    """The tiling: whole 16-word steps, each lane's 4 words in one group, no padded slots."""
+    kw = pw.qweight.shape[1]
+    return (pw.bits in (2, 4, 8) and pw.group_size % values_per_word(pw.bits) == 0 and kw % TILE_W == 0
+            and pw.words_per_group % 4 == 0 and pw.qweight.stride(1) == 1)
+
+
+def asm_ok(pw: PackedWeight, x2: torch.Tensor) -> bool:
+    """The PTX path: fp16 (bits 2/4/8) or bf16 (bits 2/4) x with 16-byte aligned rows, aligned words."""
+    if x2.dtype == torch.float16:
+        ok_bits = pw.bits in (2, 4, 8)
+    elif x2.dtype == torch.bfloat16:
+        ok_bits = pw.bits in (2, 4)
+    else:
+        return False
+    row_bytes = x2.stride(0) * x2.element_size()
+    return (ok_bits and plain_ok(pw) and x2.stride(1) == 1 and x2.data_ptr() % 16 == 0
+            and (x2.shape[0] == 1 or row_bytes % 16 == 0) and pw.qweight.data_ptr() % 16 == 0)
+
+
+def supported(pw: PackedWeight, x2: torch.Tensor) -> bool:
+    """CUDA: the PTX path's layouts; elsewhere (interpreter): the plain tiling's."""
+    return asm_ok(pw, x2) if x2.is_cuda else plain_ok(pw)
+
+
+def fixed_config() -> dict:
+    """Interpreter config (2 K parts and 2 unrolled steps, so the CPU tests cover both reductions)."""
+    return dict(BLOCK_N=64, KS=2, U=2, SPLIT_K=1, num_warps=2, PREFETCH=True)
+
+
+def default_config(n: int, pw: PackedWeight) -> dict:
+    """Untuned CUDA default."""
+    return dict(BLOCK_N=128, KS=4, U=4, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)
+
+
+def candidates(n: int, pw: PackedWeight) -> list[dict]:
+    out = [dict(BLOCK_N=bn, KS=ks, U=u, SPLIT_K=1, num_warps=wp, EVICT=True, PREFETCH=True)
+           for bn, wp, ks in ((64, 4, 4), (128, 4, 4), (128, 8, 4), (128, 8, 8), (64, 4, 2)) for u in (2, 4)]
+    out.append(dict(BLOCK_N=128, KS=4, U=4, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=False))
+    return out
+
+
+def gemv_tc(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict, use_asm: bool) -> torch.Tensor:
+    """y [M, N] = x2 [M, K] @ dequant(pw).T + bias with the tensor-core GEMV and config ``cfg``."""
+    m, _ = x2.shape
+    n, kw = pw.qweight.shape
+    bn, wp, ks, u = cfg["BLOCK_N"], cfg["num_warps"], int(cfg.get("KS", 1)), int(cfg.get("U", 1))
+    if bn % (16 * wp) or wp % ks or u not in (1, 2, 4):
+        raise ValueError(f"gemv_tc config {cfg}: BLOCK_N must be a multiple of 16 x num_warps, KS must divide "
+                         f"num_warps and U be 1, 2 or 4")
+    steps = kw // TILE_W
+    split = max(1, min(cfg["SPLIT_K"], steps))
+    sps = -(-steps // split)  # steps per split
+    split = -(-steps // sps)
+    spk = -(-sps // ks)  # steps per K part
+    wps, wpk = sps * TILE_W, spk * TILE_W
+    out_dtype = torch.float32 if split > 1 else x2.dtype
+    out = (torch.zeros if split > 1 else torch.empty)((m, n), device=x2.device, dtype=out_dtype)
+    hi = m > 8
+    if use_asm:
+        asm = _asm.mma_words_asm(pw.bits, x2.dtype == torch.bfloat16, hi)
+        constraints = ",".join(["=f"] * 8 + ["r"] * 8 + ["f"] * 8 + ["l"] * 8 * (4 if hi else 3) + ["r"] * 8)
+    else:
+        asm, constraints = "", ""
+    grid = (triton.cdiv(n, bn // ks), split, triton.cdiv(m, TOKENS))
+    _gemv_tc_kernel[grid](
+        x2, pw.qweight, pw.scale, pw.szero, out, bias if bias is not None else out,
+        m, n, kw, pw.num_groups, wps, wpk, x2.stride(0), out.stride(0),
+        BITS=pw.bits, WPG=pw.words_per_group, P=values_per_word(pw.bits), BLOCK_N=bn, WARPS=wp, KS=ks, U=u,
+        SPLIT_K=split, HI=hi, USE_ASM=use_asm, ASM=asm, CONSTRAINTS=constraints, HAS_BIAS=bias is not None,
+        EVICT=bool(cfg.get("EVICT", False)), PREFETCH=bool(cfg.get("PREFETCH", False)), num_warps=wp,
+        num_stages=1)
+    return out.to(x2.dtype) if split > 1 else out
