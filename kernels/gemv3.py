@@ -167,6 +167,9 @@ def candidates(n: int, pw: PackedWeight) -> list[dict]:
     out = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=wp, EVICT=True, PREFETCH=pf)
            for bn, tw, wp in ((8, 128, 4), (4, 256, 4), (4, 128, 2), (16, 128, 4), (8, 256, 4), (8, 128, 8))
            for pf in (False, True)]
+    # the best configs of the wider H100 grid (sweep part v3grid, kernels/NOTES.md run 6) on the decode shapes
+    out += [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=1, num_warps=wp, EVICT=True, PREFETCH=True)
+            for bn, tw, wp in ((16, 128, 8), (16, 64, 2), (8, 256, 8), (8, 128, 2), (32, 64, 8))]
     if n <= 4096:  # few row blocks: split K to fill 132 SMs
         out += [dict(BLOCK_N=bn, TILE_W=128, SPLIT_K=sp, num_warps=4, EVICT=True, PREFETCH=True)
                 for bn in (4, 8) for sp in (2, 4)]

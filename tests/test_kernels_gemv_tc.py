@@ -156,3 +156,26 @@ def test_layout_contract_sm90(bits, warps, bn):
     loop = ttgir[ttgir.index("scf.for"):ttgir.index("scf.yield")]
     assert "convert_layout" not in loop
     assert len(re.findall(r"ld\.global\.L1::evict_first(?:\.L2::cache_hint)?\.v4\.b32", ptx)) >= 8
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits,group", [(4, 128), (4, 32), (2, 64), (8, 128), (4, None)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tc_ptx_on_gpu(bits, group, dtype):
+    """The mma.sync PTX path on the GPU (run with TRITON_INTERPRET=0) vs the fp32 reference, M = 1..17."""
+    from kernels._tuning import interpreting
+    if interpreting():
+        pytest.skip("set TRITON_INTERPRET=0 to run the PTX path")
+    k, n = 1024, 200
+    pw, *_ = random_packed(n, k, bits, group or k, device="cuda", seed=bits + k, fractional_zero=True)
+    for m in (1, 4, 9, 16, 17):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        b = torch.randn(n, device="cuda", dtype=dtype)
+        if not gemv_tc.asm_ok(pw, x):
+            assert (bits, dtype) == (8, torch.bfloat16)
+            continue
+        for cfg in CONFIGS + (gemv_tc.default_config(n, pw),):
+            y = weight_only_linear(x, pw, b, path="gemv_tc", config=cfg)
+            r = R.weight_only_linear(x, pw, b)
+            err = ((y.float() - r.float()).norm() / r.float().norm()).item()
+            assert err < (3e-3 if dtype == torch.float16 else 1.5e-2), (m, cfg, err)
