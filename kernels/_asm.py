@@ -174,7 +174,7 @@ def words_term_asm(bits: int, bf16: bool, pack: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def mma_words_asm(bits: int, bf16: bool, hi: bool) -> str:
+def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False) -> str:
     """PTX for the tensor-core GEMV (kernels/gemv_tc.py): 4 words of two rows each -> mma.sync.
 
     A warp-collective block (every lane of the warp runs it together; the kernel's loop is
@@ -195,6 +195,9 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool) -> str:
     g + 8's, the group scale address (copies 0 and 4 used: rows g and g + 8), the szero
     address, and an int32 ``valid`` flag (first used): 0 zeroes scale and szero, so the
     words contribute nothing (a K tail step whose words were read from a clamped address).
+    ``scale_vals``: instead of the scale, szero and valid operands, 8 int32s from
+    ``scale_pair_asm`` (copies 0 and 4 used: (scale | szero << 16) of rows g and g + 8, already
+    zeroed for an invalid step), loaded a step ahead by the kernel.
     Dequant per pair: lop3 (code | 1024) -> sub (1024 + 2^(b-1)) -> fma (scale,
     -szero): one rounding to fp16 (bf16: magic 128; scale and szero rounded to bf16 once).
     """
@@ -221,9 +224,13 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool) -> str:
     valid = f"${sb + 16}"
     lines = ["{", f".reg .b32 t, a0, a1, a2, a3, mg, {', '.join(xl + xh)};",
              ".reg .b32 s20, s21, z20, z21;", ".reg .b16 sh0, sh1, zh0, zh1;", ".reg .f32 fs, fz;",
-             ".reg .pred pv;", f"setp.ne.s32 pv, {valid}, 0;"]
-    for r in range(2):
-        lines += [f"ld.global.nc.b16 sh{r}, [{saddr[r]}];", f"ld.global.nc.b16 zh{r}, [{zaddr[r]}];"]
+             ".reg .pred pv;"]
+    if scale_vals:
+        lines += [f"mov.b32 {{sh{r}, zh{r}}}, {saddr[r]};" for r in range(2)]
+    else:
+        lines.append(f"setp.ne.s32 pv, {valid}, 0;")
+        for r in range(2):
+            lines += [f"ld.global.nc.b16 sh{r}, [{saddr[r]}];", f"ld.global.nc.b16 zh{r}, [{zaddr[r]}];"]
     for v in range(nx // 4):
         lines.append(f"ld.global.nc.v4.b32 {{{', '.join(xl[4 * v:4 * v + 4])}}}, [{xaddr_l}+{16 * v}];")
         if hi:
@@ -234,8 +241,9 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool) -> str:
                       f"cvt.rn.bf16.f32 sh{r}, fs;", f"cvt.rn.bf16.f32 zh{r}, fz;"]
         else:
             lines.append(f"neg.f16 zh{r}, zh{r};")
-        lines += [f"mov.b32 s2{r}, {{sh{r}, sh{r}}};", f"mov.b32 z2{r}, {{zh{r}, zh{r}}};",
-                  f"selp.b32 s2{r}, s2{r}, 0, pv;", f"selp.b32 z2{r}, z2{r}, 0, pv;"]
+        lines += [f"mov.b32 s2{r}, {{sh{r}, sh{r}}};", f"mov.b32 z2{r}, {{zh{r}, zh{r}}};"]
+        if not scale_vals:
+            lines += [f"selp.b32 s2{r}, s2{r}, 0, pv;", f"selp.b32 z2{r}, z2{r}, 0, pv;"]
     lines.append(f"mov.b32 mg, 0x{center | center << 16:08X};")
     first = True
     for j in range(4):  # word j of both rows: columns c0 + P*j ..
@@ -261,3 +269,17 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool) -> str:
         lines += [f"mov.b32 ${4 + i}, ${20 + i};" for i in range(4)]
     lines.append("}")
     return "\n".join(lines)
+
+
+SCALE_PAIR_ASM = "\n".join([
+    "{", ".reg .b16 s0, z0, s1, z1;", ".reg .pred pv;", "setp.ne.s32 pv, $24, 0;",
+    "ld.global.nc.b16 s0, [$8];", "ld.global.nc.b16 z0, [$16];",
+    "ld.global.nc.b16 s1, [$12];", "ld.global.nc.b16 z1, [$20];",
+    "mov.b32 $0, {s0, z0};", "mov.b32 $4, {s1, z1};",
+    "selp.b32 $0, $0, 0, pv;", "selp.b32 $4, $4, 0, pv;",
+    "mov.b32 $1, 0;", "mov.b32 $2, 0;", "mov.b32 $3, 0;", "mov.b32 $5, 0;", "mov.b32 $6, 0;", "mov.b32 $7, 0;",
+    "}"])
+"""PTX (pack=8, same lanes as ``mma_words_asm``): $0 / $4 = (scale | szero << 16) of the pack's rows g /
+g + 8 (their group's fp16 bits), 0 when the step is invalid; other outputs 0. Operands: 8 outputs,
+then 8 copies each of the scale address, the szero address and the valid flag (copies 0 and 4 of
+the addresses used). The tensor-core GEMV issues it a step ahead, with the words (prefetch)."""

@@ -5,28 +5,32 @@ same function as ``kernels.reference.weight_only_linear``; ``supported(pw, x2)``
 whether this kernel takes the layout (CUDA path) and ``plain_ok(pw)`` whether its
 plain-integer tiling (interpreter) does.
 
-Why (kernels/NOTES.md, run 6): the v3 GEMV spends ~30 SASS instructions per 4-bit word on
-half2 FMAs, x sums and fp32 epilogues, and a tensor-core GEMM in Triton sends the
-dequantized tile through shared memory before ``wgmma`` (the M=16 MMA kernel, 31 us at
-8192^2, twice the M=1 time). Here the tensor core is fed straight from registers: one
-inline-PTX block per 4 words (``kernels._asm.mma_words_asm``) dequantizes each half2 pair
-(lop3 / sub / fma) into exactly the register an ``mma.sync.m16n8k16`` B fragment expects
-and issues the MMA, accumulating 16 tokens x 8 rows per warp. No weight repacking: the
-mma's 16 k slots are mapped to the 4 columns that each of a quad's 4 lanes holds (a
-permutation of K shared by the A fragment, which the PTX loads with the same mapping).
+Why (kernels/NOTES.md, run 6): a tensor-core GEMM in Triton sends the dequantized tile
+through shared memory before ``wgmma`` (the M=16 MMA kernel: 31 us at 8192^2, twice the M=1
+time). Here the tensor core is fed straight from registers: one warp-collective inline-PTX
+block per 4 words of two rows (``kernels._asm.mma_words_asm``, pack=8) dequantizes each half2
+pair (lop3 / sub / fma) into exactly an A-fragment register of ``mma.sync.m16n8k16`` (weights
+as the 16-row side) and issues the MMAs with x as B (8 tokens per mma; a second set for tokens
+8-15 when M > 8). No weight repacking: in the half-word paired layout a word's pairs are
+consecutive column pairs, and the 16 k slots of an mma are mapped to the 4 columns each lane
+of a quad holds, a permutation of K that B (loaded by the PTX with the same mapping) shares.
 
-Layout contract (checked on the TTGIR in tests/test_kernels_gemv_tc.py): the word tile is
-[BLOCK_N, 16] int32 with Triton's 16-byte blocked layout, sizePerThread [1, 4],
-threadsPerWarp [8, 4], order [1, 0]: lane (g, t) holds words 4t..4t+3 of tile row
-``8 * (warp + W * rep) + g``. The accumulators are a [BLOCK_N, 16] fp32 tensor in the same
-layout (4 per lane per row block): element (r, c) is C[token g + 8*(j//2)][row
-(r - g) + 2t + j % 2] with g = r % 8, t = c // 4, j = c % 4, which is how the
-results are stored. Triton keeps the 4 registers of a pack in one thread and the PTX
-block is warp-collective, so every lane runs it in the same iteration (uniform loop).
+Layout contract (checked on the TTGIR by tests/test_kernels_gemv_tc.py, compiled for sm_90
+on the CPU): the word tile is [BLOCK_N, 16] int32 in Triton's 16-byte blocked layout,
+sizePerThread [1, 4], threadsPerWarp [8, 4], warpsPerCTA [WARPS, 1], order [1, 0], so tile
+row r = 8 * (WARPS * rep + warp) + g is held by lane (g, t) (words 4t..4t+3) and a pack of 8
+registers is rows of reps 2i and 2i + 1. The kernel maps them to weight rows g and g + 8 of a
+16-row block, and warp % KS picks the block's K part (KS parts of the split, summed once at the
+end with a reshape, no atomics). The accumulators are a [BLOCK_N, 16] fp32 tensor in the same
+layout: element (r, c), with t = c // 4, j = c % 4, par = rep % 2, is
+out[token 8 * par + 2t + j % 2][block row g + 8 * (j // 2)] (the mma's D fragment).
+U unrolled steps per iteration have independent accumulators; PREFETCH loads the next
+iteration's words (and, with SV, each row's (scale | szero) pair through a small PTX load
+block, ``_asm.SCALE_PAIR_ASM``) before this iteration's MMAs.
 
-Under TRITON_INTERPRET=1 (no PTX) the same tiling and output mapping run with plain
-integer ops that compute each element's (token, row) dot directly. SPLIT_K > 1
-accumulates fp32 partials with atomics.
+Under TRITON_INTERPRET=1 (no PTX) the same tiling, K parts and output mapping run with plain
+integer ops that compute each element's (token, row) dot directly. SPLIT_K > 1 accumulates
+fp32 partials with atomics.
 """
 from __future__ import annotations
 
@@ -73,31 +77,51 @@ def _where(kbase, w, w_start, span, WPK):
 
 
 @triton.jit
-def _words(qw_ptr, qrow, wb, c, EVICT: tl.constexpr):
-    """int32 words [BN, 16] of the step at wb. Each row's 16 start at a multiple of 16 (KW % 16 == 0,
-    whole steps); Triton cannot prove it through the per-warp K-part offset, and without the hint the
-    loads are 4-byte instead of 16-byte (seen in the SASS)."""
+def _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, wb, c, valid, EVICT: tl.constexpr, SV: tl.constexpr,
+           WPG: tl.constexpr, SCALE_ASM: tl.constexpr):
+    """(int32 words [BN, 16], scales [BN, 16]) of the step at wb. Each row's 16 words start at a multiple
+    of 16 (KW % 16 == 0, whole steps); Triton cannot prove it through the per-warp K-part offset, and
+    without the hint the loads are 4-byte instead of 16-byte (seen in the SASS). With SV the group's
+    (scale | szero << 16) per row comes from a small PTX load block in the same layout (so it can be
+    issued a step ahead with the words); else the second value is a placeholder."""
     qp = qw_ptr + tl.multiple_of(qrow + wb + c[None, :], [1, 16])
     if EVICT:  # the weights are read once: keep x and the scales in cache
-        return tl.load(qp, eviction_policy="evict_first")
-    return tl.load(qp)
+        q = tl.load(qp, eviction_policy="evict_first")
+    else:
+        q = tl.load(qp)
+    sc = q
+    if SV:
+        so = srow + (wb + c[None, :]) // WPG
+        v = (valid + c[None, :] * 0).to(tl.int32)
+        sc = tl.inline_asm_elementwise(SCALE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,r,r,r,r,r,r,r,r",
+                                       [s_ptr + so, sz_ptr + so, v], dtype=tl.int32, is_pure=True, pack=8)
+    return q, sc
 
 
 @triton.jit
-def _step(acc, q, valid, wb, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok, orow, KW, G, stride_xm,
+def _step(acc, q, sc, valid, wb, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok, orow, KW, G, stride_xm,
           BITS: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr, HI: tl.constexpr,
-          USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr):
+          USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, SV: tl.constexpr):
     """One 16-word step (words q [BN, 16] at wb [BN, 1]): acc [BN, 16] fp32 updated."""
     if USE_ASM:
-        so = srow + (wb + c[None, :]) // WPG
-        v = (valid + c[None, :] * 0).to(tl.int32)
-        if HI:
-            acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, xhi + wb * P, s_ptr + so,
-                                                               sz_ptr + so, v],
-                                            dtype=tl.float32, is_pure=True, pack=8)
+        if SV:  # (scale | szero << 16) per row, loaded a step ahead (_words)
+            if HI:
+                acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, xhi + wb * P, sc],
+                                                dtype=tl.float32, is_pure=True, pack=8)
+            else:
+                acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, sc],
+                                                dtype=tl.float32, is_pure=True, pack=8)
         else:
-            acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, s_ptr + so, sz_ptr + so, v],
-                                            dtype=tl.float32, is_pure=True, pack=8)
+            so = srow + (wb + c[None, :]) // WPG
+            v = (valid + c[None, :] * 0).to(tl.int32)
+            if HI:
+                acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, xhi + wb * P, s_ptr + so,
+                                                                   sz_ptr + so, v],
+                                                dtype=tl.float32, is_pure=True, pack=8)
+            else:
+                acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, s_ptr + so, sz_ptr + so,
+                                                                   v],
+                                                dtype=tl.float32, is_pure=True, pack=8)
     else:
         acc += _plain_words(x_ptr, qw_ptr, s_ptr, sz_ptr, tok, orow, wb, valid, KW, G, stride_xm, BITS, WPG, P)
     return acc
@@ -110,7 +134,8 @@ def _gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
                     BLOCK_N: tl.constexpr, WARPS: tl.constexpr, KS: tl.constexpr, U: tl.constexpr,
                     SPLIT_K: tl.constexpr, HI: tl.constexpr,
                     USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr, SV: tl.constexpr,
+                    SCALE_ASM: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     tok0 = tl.program_id(2) * 16
@@ -152,50 +177,50 @@ def _gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
     # words are loaded (register double buffer) before this iteration's PTX runs
     if PREFETCH:
         v0n, b0n = _where(kbase, 0, w_start, span, WPK)
-        q0n = _words(qw_ptr, qrow, b0n, c, EVICT)
+        q0n, c0n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0n, c, v0n, EVICT, SV, WPG, SCALE_ASM)
         v1n, b1n = _where(kbase, 16, w_start, span, WPK)
-        q1n = _words(qw_ptr, qrow, b1n, c, EVICT)
+        q1n, c1n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1n, c, v1n, EVICT, SV, WPG, SCALE_ASM)
         v2n, b2n = _where(kbase, 32, w_start, span, WPK)
-        q2n = _words(qw_ptr, qrow, b2n, c, EVICT)
+        q2n, c2n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2n, c, v2n, EVICT, SV, WPG, SCALE_ASM)
         v3n, b3n = _where(kbase, 48, w_start, span, WPK)
-        q3n = _words(qw_ptr, qrow, b3n, c, EVICT)
+        q3n, c3n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3n, c, v3n, EVICT, SV, WPG, SCALE_ASM)
     for w in range(0, WPK, 16 * U):
         if PREFETCH:
-            v0, b0, q0 = v0n, b0n, q0n
+            v0, b0, q0, c0 = v0n, b0n, q0n, c0n
             v0n, b0n = _where(kbase, w + 16 * U, w_start, span, WPK)
-            q0n = _words(qw_ptr, qrow, b0n, c, EVICT)
+            q0n, c0n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0n, c, v0n, EVICT, SV, WPG, SCALE_ASM)
             if U >= 2:
-                v1, b1, q1 = v1n, b1n, q1n
+                v1, b1, q1, c1 = v1n, b1n, q1n, c1n
                 v1n, b1n = _where(kbase, w + 16 * U + 16, w_start, span, WPK)
-                q1n = _words(qw_ptr, qrow, b1n, c, EVICT)
+                q1n, c1n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1n, c, v1n, EVICT, SV, WPG, SCALE_ASM)
             if U >= 4:
-                v2, b2, q2 = v2n, b2n, q2n
+                v2, b2, q2, c2 = v2n, b2n, q2n, c2n
                 v2n, b2n = _where(kbase, w + 16 * U + 32, w_start, span, WPK)
-                q2n = _words(qw_ptr, qrow, b2n, c, EVICT)
-                v3, b3, q3 = v3n, b3n, q3n
+                q2n, c2n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2n, c, v2n, EVICT, SV, WPG, SCALE_ASM)
+                v3, b3, q3, c3 = v3n, b3n, q3n, c3n
                 v3n, b3n = _where(kbase, w + 16 * U + 48, w_start, span, WPK)
-                q3n = _words(qw_ptr, qrow, b3n, c, EVICT)
+                q3n, c3n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3n, c, v3n, EVICT, SV, WPG, SCALE_ASM)
         else:
             v0, b0 = _where(kbase, w, w_start, span, WPK)
-            q0 = _words(qw_ptr, qrow, b0, c, EVICT)
+            q0, c0 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0, c, v0, EVICT, SV, WPG, SCALE_ASM)
             if U >= 2:
                 v1, b1 = _where(kbase, w + 16, w_start, span, WPK)
-                q1 = _words(qw_ptr, qrow, b1, c, EVICT)
+                q1, c1 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1, c, v1, EVICT, SV, WPG, SCALE_ASM)
             if U >= 4:
                 v2, b2 = _where(kbase, w + 32, w_start, span, WPK)
-                q2 = _words(qw_ptr, qrow, b2, c, EVICT)
+                q2, c2 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2, c, v2, EVICT, SV, WPG, SCALE_ASM)
                 v3, b3 = _where(kbase, w + 48, w_start, span, WPK)
-                q3 = _words(qw_ptr, qrow, b3, c, EVICT)
-        acc0 = _step(acc0, q0, v0, b0, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                     stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
+                q3, c3 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3, c, v3, EVICT, SV, WPG, SCALE_ASM)
+        acc0 = _step(acc0, q0, c0, v0, b0, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                     stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
         if U >= 2:
-            acc1 = _step(acc1, q1, v1, b1, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
+            acc1 = _step(acc1, q1, c1, v1, b1, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
         if U >= 4:
-            acc2 = _step(acc2, q2, v2, b2, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
-            acc3 = _step(acc3, q3, v3, b3, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS)
+            acc2 = _step(acc2, q2, c2, v2, b2, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
+            acc3 = _step(acc3, q3, c3, v3, b3, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
     acc = (acc0 + acc1) + (acc2 + acc3)
     # sum the K parts: r = 8 * KS * (rep * WQ + warp // KS) + 8 * kpart + g
     acc = tl.sum(tl.reshape(acc, [BLOCK_N // (8 * KS), KS, 8, 16]), axis=1)  # [A, 8, 16]
@@ -251,6 +276,9 @@ def candidates(n: int, pw: PackedWeight) -> list[dict]:
     out = [dict(BLOCK_N=bn, KS=ks, U=u, SPLIT_K=1, num_warps=wp, EVICT=True, PREFETCH=True)
            for bn, wp, ks in ((64, 4, 4), (128, 4, 4), (128, 8, 4), (128, 8, 8), (64, 4, 2)) for u in (2, 4)]
     out.append(dict(BLOCK_N=128, KS=4, U=4, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=False))
+    # scales loaded inside the mma PTX block instead of a step ahead (equal at 8192^2, NOTES.md run 6)
+    out += [dict(BLOCK_N=bn, KS=4, U=u, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True, SV=False)
+            for bn, u in ((64, 4), (128, 2))]
     return out
 
 
@@ -271,9 +299,12 @@ def gemv_tc(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: 
     out_dtype = torch.float32 if split > 1 else x2.dtype
     out = (torch.zeros if split > 1 else torch.empty)((m, n), device=x2.device, dtype=out_dtype)
     hi = m > 8
+    sv = use_asm and bool(cfg.get("SV", True))  # scales loaded a step ahead by their own PTX block
     if use_asm:
-        asm = _asm.mma_words_asm(pw.bits, x2.dtype == torch.bfloat16, hi)
-        constraints = ",".join(["=f"] * 8 + ["r"] * 8 + ["f"] * 8 + ["l"] * 8 * (4 if hi else 3) + ["r"] * 8)
+        asm = _asm.mma_words_asm(pw.bits, x2.dtype == torch.bfloat16, hi, sv)
+        x_ops = ["l"] * 8 * (2 if hi else 1)
+        scale_ops = ["r"] * 8 if sv else ["l"] * 16 + ["r"] * 8
+        constraints = ",".join(["=f"] * 8 + ["r"] * 8 + ["f"] * 8 + x_ops + scale_ops)
     else:
         asm, constraints = "", ""
     grid = (triton.cdiv(n, bn // ks), split, triton.cdiv(m, TOKENS))
@@ -282,6 +313,7 @@ def gemv_tc(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: 
         m, n, kw, pw.num_groups, wps, wpk, x2.stride(0), out.stride(0),
         BITS=pw.bits, WPG=pw.words_per_group, P=values_per_word(pw.bits), BLOCK_N=bn, WARPS=wp, KS=ks, U=u,
         SPLIT_K=split, HI=hi, USE_ASM=use_asm, ASM=asm, CONSTRAINTS=constraints, HAS_BIAS=bias is not None,
-        EVICT=bool(cfg.get("EVICT", False)), PREFETCH=bool(cfg.get("PREFETCH", False)), num_warps=wp,
+        EVICT=bool(cfg.get("EVICT", False)), PREFETCH=bool(cfg.get("PREFETCH", False)), SV=sv,
+        SCALE_ASM=_asm.SCALE_PAIR_ASM if sv else "", num_warps=wp,
         num_stages=1)
     return out.to(x2.dtype) if split > 1 else out

@@ -498,6 +498,32 @@ def part_v3grid(rows, summary):
         torch.cuda.empty_cache()
 
 
+def part_tcsv(rows, summary):
+    """Tensor-core GEMV: scale pairs loaded a step ahead by their own PTX block (SV) vs inside the mma block."""
+    from kernels import gemv_tc
+    for k, n, ms in ((8192, 8192, (1, 16)), (4096, 12288, (1, 16)), (28672, 8192, (16,))):
+        ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))
+        pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            ref = R.weight_only_linear(x, pws[0])
+            best = {}
+            for cfg in [dict(c, SV=sv) for c in gemv_tc.candidates(n, pws[0]) for sv in (True, False)]:
+                try:
+                    err = rel(weight_only_linear(x, pws[0], path="gemv_tc", config=cfg), ref)
+                    us = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv_tc", config=cfg), pws)
+                except Exception as e:  # noqa: BLE001
+                    print("FAILED", k, n, m, cfg, str(e)[:300], flush=True)
+                    continue
+                rows.append(dict(label=f"tcsv W4 {k}x{n} M={m}", cfg=cfg, us=us, err=err))
+                print(f"tcsv {k}x{n} M={m} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
+                if us < best.get(cfg["SV"], (float("inf"),))[0]:
+                    best[cfg["SV"]] = (us, cfg)
+            summary.append(f"tcsv W4 {k}x{n} M={m}: SV {best.get(True)} | in-PTX scales {best.get(False)}")
+        del pws
+        torch.cuda.empty_cache()
+
+
 def part_fp8(rows, summary):
     m, k, n = 4096, 8192, 8192
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -569,6 +595,8 @@ def main() -> int:
             part_v3grid(rows, summary)
         elif name == "tc":
             part_tc(rows, summary)
+        elif name == "tcsv":
+            part_tcsv(rows, summary)
         elif name == "tccheck":
             part_tc(rows, summary, timing=False)
         elif name == "gemv_rot":

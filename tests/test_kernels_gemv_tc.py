@@ -75,11 +75,13 @@ def _operands(asm: str) -> set[int]:
 
 @pytest.mark.parametrize("bits,bf16", [(2, False), (4, False), (8, False), (2, True), (4, True)])
 @pytest.mark.parametrize("hi", [False, True])
-def test_mma_asm_operands(bits, bf16, hi):
+@pytest.mark.parametrize("scale_vals", [False, True])
+def test_mma_asm_operands(bits, bf16, hi, scale_vals):
     """Operand numbering matches the kernel's constraint list: 8 outputs, 8 words, 8 accumulators, then
-    8 copies each of the x address(es), scale, szero and valid flag; one mma per 4 columns of a word."""
-    asm = _asm.mma_words_asm(bits, bf16, hi)
-    n_ops = 8 + 8 + 8 + 8 * (4 if hi else 3) + 8
+    8 copies each of the x address(es), and of scale, szero and valid flag (or of the prefetched
+    scale pairs); one mma per 4 columns of a word."""
+    asm = _asm.mma_words_asm(bits, bf16, hi, scale_vals)
+    n_ops = 8 + 8 + 8 + 8 * (2 if hi else 1) + (8 if scale_vals else 24)
     ops = _operands(asm)
     assert max(ops) < n_ops
     assert set(range(8, 16)) <= ops  # every word of both rows
@@ -87,6 +89,8 @@ def test_mma_asm_operands(bits, bf16, hi):
     assert asm.count("mma.sync.aligned.m16n8k16") == per_call * (2 if hi else 1)
     assert asm.count("ld.global.nc.v4.b32") == 4 * values_per_word(bits) // 8 * (2 if hi else 1)
     assert (".bf16.bf16" in asm) == bf16
+    assert ("ld.global.nc.b16" in asm) != scale_vals
+    assert max(_operands(_asm.SCALE_PAIR_ASM)) < 8 + 24
     with pytest.raises(ValueError):
         _asm.mma_words_asm(3, False, hi)
 
@@ -107,8 +111,9 @@ bits, warps, bn = map(int, sys.argv[1:4])
 p = values_per_word(bits)
 names = list(inspect.signature(gemv_tc._gemv_tc_kernel.fn).parameters)
 const = dict(BITS=bits, WPG=128 // p, P=p, BLOCK_N=bn, WARPS=warps, KS=4, U=4, SPLIT_K=1, HI=False, USE_ASM=True,
-             ASM=_asm.mma_words_asm(bits, False, False), HAS_BIAS=False, EVICT=True, PREFETCH=True,
-             CONSTRAINTS=",".join(["=f"] * 8 + ["r"] * 8 + ["f"] * 8 + ["l"] * 24 + ["r"] * 8))
+             ASM=_asm.mma_words_asm(bits, False, False, True), HAS_BIAS=False, EVICT=True, PREFETCH=True,
+             SV=True, SCALE_ASM=_asm.SCALE_PAIR_ASM,
+             CONSTRAINTS=",".join(["=f"] * 8 + ["r"] * 8 + ["f"] * 8 + ["l"] * 8 + ["r"] * 8))
 ptrs = ("x_ptr", "qw_ptr", "s_ptr", "sz_ptr", "out_ptr", "bias_ptr")
 sig = {a: ("constexpr" if a in const else "*i32" if a == "qw_ptr" else "*fp16" if a in ptrs else "i32")
        for a in names}
@@ -156,6 +161,7 @@ def test_layout_contract_sm90(bits, warps, bn):
     loop = ttgir[ttgir.index("scf.for"):ttgir.index("scf.yield")]
     assert "convert_layout" not in loop
     assert len(re.findall(r"ld\.global\.L1::evict_first(?:\.L2::cache_hint)?\.v4\.b32", ptx)) >= 8
+    assert len(asm_lines) >= 8  # U=4 prefetched scale loads + U=4 mma blocks per iteration
 
 
 @pytest.mark.gpu
