@@ -199,7 +199,8 @@ def run(cfg: dict) -> list[dict]:
         return [_write(plan, base, n, "failed", error=exc, wall=time.time() - t0) for n in pending]
     for name in pending:
         ctx = EvalContext(device=plan.device, dtype=plan.dtype, run_dir=os.getcwd(),
-                          seed=plan.seed, model_info=info)
+                          seed=plan.seed, model_info=info, real_layers=qinfo.get("real_layers"),
+                          fused_layers=qinfo.get("fused_layers"))
         t1 = time.time()
         try:
             rows = plan.evaluators[name].evaluate(model, tok, ctx)

@@ -157,6 +157,26 @@ def fused_ratios(rec: Recorder) -> None:
         rec.ratio(f"w4_fuse_gain_{mode}", w4f, f"w4_{mode}_tok_s_b1")
 
 
+TARGET_SPEEDUP = 2.5  # issue 4: W4 real batch-1 decode >= 2.5x the bf16 tokens/s of the same harness
+
+
+def target_summary(res: dict) -> dict:
+    """The decode target judged on the best W4 figure against the best bf16 figure of this run (compiled
+    or not, fused or not: the faster bf16 is the honest baseline); None values when not measured."""
+    def best(tag: str) -> tuple[float | None, str | None]:
+        keys = [k for k in res if k.startswith(f"{tag}_") and k.endswith("decode_tok_s_b1")
+                and isinstance(res[k], float)]
+        if not keys:
+            return None, None
+        k = max(keys, key=lambda k: res[k])
+        return res[k], k
+    w4, w4_key = best("w4")
+    bf, bf_key = best("bf16")
+    ratio = w4 / bf if w4 and bf else None
+    return dict(goal=TARGET_SPEEDUP, measured=ratio, met=None if ratio is None else ratio >= TARGET_SPEEDUP,
+                w4=w4_key, bf16=bf_key)
+
+
 def llama_config(layers: int, tiny: bool):
     from transformers import LlamaConfig
     if tiny:
@@ -217,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     rec.ratio("w4_compile_vs_bf16_graph", "w4_compile_decode_tok_s_b1", "bf16_decode_tok_s_b1")
     if args.fuse:
         fused_ratios(rec)
+    rec.res["target"] = target_summary(rec.res)
     rec.save()
     print(json.dumps(rec.res, indent=1), flush=True)
     return rec.res

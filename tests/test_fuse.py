@@ -259,6 +259,23 @@ def test_run_records_fused_layers(tmp_path):
     assert set(rec["real_layers"].values()) == {"real"}
 
 
+def test_speed_rows_count_real_and_fused_layers(tmp_path):
+    """The speed evaluator tags its rows with how many layers ran real and fused (here on CPU the rows
+    are unavailable, and still say so)."""
+    from harness.run import run
+    cfg = _compose([f"store={tmp_path}", "model=tiny_llama", "model.num_layers=1", "method=rtn", "quant=w4g32",
+                    "real=true", "fuse=true", "eval=[speed]"])
+    (rec,) = run(cfg)
+    assert rec["status"] == "ok", rec["error"]
+    n_real = sum(v == "real" for v in rec["real_layers"].values())
+    n_fused = sum(v.startswith("fused") for v in rec["fused_layers"].values())
+    assert n_real == 7 and n_fused == 5  # q/k/v/o + gate/up/down real; q/k/v and gate/up fused
+    assert len(rec["metrics"]) == 3  # prefill, decode b1, b16
+    for row in rec["metrics"]:
+        assert row["tags"]["real_layers"] == n_real and row["tags"]["fused_layers"] == n_fused
+        assert row["value"] is None and row["unavailable"] == "no CUDA device"
+
+
 def _e2e_module():
     spec = importlib.util.spec_from_file_location("kernels_e2e", ROOT / "scripts" / "kernels_e2e.py")
     mod = importlib.util.module_from_spec(spec)
@@ -336,3 +353,14 @@ def test_fused_w4_model_in_cuda_graph_and_compiled():
     tps, mode = speed.measure_decode(model, 1, 8, repeats=1, compile=True)
     torch.compiler.reset()
     assert tps > 0 and mode == "static+compile+graph"
+
+
+def test_e2e_target_summary_uses_the_faster_bf16():
+    mod = _e2e_module()
+    res = {"bf16_decode_tok_s_b1": 120.0, "bf16_compile_decode_tok_s_b1": 158.0,
+           "bf16_fused_compile_decode_tok_s_b1": 169.0, "w4_compile_decode_tok_s_b1": 356.0,
+           "w4_fused_compile_decode_tok_s_b1": 403.0, "w4_decode_tok_s_b1_seconds": 4.0}
+    t = mod.target_summary(res)
+    assert t["bf16"] == "bf16_fused_compile_decode_tok_s_b1" and t["w4"] == "w4_fused_compile_decode_tok_s_b1"
+    assert t["measured"] == pytest.approx(403 / 169) and t["met"] is False
+    assert mod.target_summary({})["met"] is None

@@ -38,6 +38,10 @@ class EvalContext:
     seed: int = 0
     model_info: dict[str, Any] = field(default_factory=dict)
     record_extra: dict[str, Any] = field(default_factory=dict)
+    #: {layer: "real" | "fake: <reason>"} when the run swapped in real kernels (``real=true``), else None
+    real_layers: dict[str, str] | None = None
+    #: {layer: "fused: ..." | "not fused: <reason>"} when the run fused siblings (``fuse=true``), else None
+    fused_layers: dict[str, str] | None = None
 
 
 class Evaluator:

@@ -178,6 +178,16 @@ def _graphed(fn: Callable[[], object]) -> tuple[Callable[[], object], bool]:
     return graph.replay, True
 
 
+def layer_counts(ctx: EvalContext) -> dict[str, int]:
+    """Tags saying how many layers ran real kernels and how many were fused (only for runs that asked)."""
+    tags = {}
+    for key, layers, state in (("real_layers", ctx.real_layers, "real"),
+                               ("fused_layers", ctx.fused_layers, "fused")):
+        if layers is not None:
+            tags[key] = sum(v.startswith(state) for v in layers.values())
+    return tags
+
+
 @register_evaluator("speed")
 class Speed(Evaluator):
     """Prefill and decode tokens/s (see module docstring)."""
@@ -204,7 +214,7 @@ class Speed(Evaluator):
         c = self.config
         names = ["prefill_tok_s"] + [f"decode_tok_s_b{b}" for b in c.decode_batches]
         if not torch.cuda.is_available() or next(model.parameters()).device.type != "cuda":
-            return [MetricRow(n, None, unavailable="no CUDA device") for n in names]
+            return [MetricRow(n, None, unavailable="no CUDA device", tags=layer_counts(ctx)) for n in names]
         tags = dict(device=torch.cuda.get_device_name(), cuda_graph=c.cuda_graph, compile=c.compile)
         tps, mode = measure_prefill_mode(model, c.prefill_tokens, c.repeats, compile=c.compile,
                                          compile_mode=c.compile_mode)
@@ -214,8 +224,6 @@ class Speed(Evaluator):
                                        c.compile, c.compile_mode)
             rows.append(MetricRow(f"decode_tok_s_b{b}", tps,
                                   tags=dict(tags, batch=b, steps=c.decode_steps, mode=mode)))
-        real = ctx.record_extra.get("real_layers")
-        if real is not None:
-            for r in rows:
-                r.tags["real_layers"] = sum(v == "real" for v in real.values())
+        for r in rows:
+            r.tags.update(layer_counts(ctx))
         return rows
