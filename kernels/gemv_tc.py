@@ -93,7 +93,8 @@ def _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, wb, c, valid, EVICT: tl.constexpr,
     if SV:
         so = srow + (wb + c[None, :]) // WPG
         v = (valid + c[None, :] * 0).to(tl.int32)
-        sc = tl.inline_asm_elementwise(SCALE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,r,r,r,r,r,r,r,r",
+        sc = tl.inline_asm_elementwise(SCALE_ASM,
+                                       "=r,=r,=r,=r,=r,=r,=r,=r,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,r,r,r,r,r,r,r,r",
                                        [s_ptr + so, sz_ptr + so, v], dtype=tl.int32, is_pure=True, pack=8)
     return q, sc
 

@@ -1,7 +1,8 @@
 """Launch each M=1 GEMV case once (after warm-up) for Nsight Compute: ``ncu ... python scripts/kernels_ncu_target.py``.
 
 Cases: W4 g128 8192^2 (tuned default config), the same with DIAG=1 (weight loads only), W2 and W3 8192^2,
-W4 4096^2, v3 (w4v3), the tensor-core GEMV at M=1 / 16 (tc1, tc16), and a pure 33.5 MB read kernel (scripts/kernels_sweep.py) as the memory ceiling.
+W4 4096^2, v3 (w4v3), the tensor-core GEMV at M=1 / 16 (tc1, tc16), and a pure 33.5 MB read kernel
+(scripts/kernels_sweep.py) as the memory ceiling.
 """
 import json
 import os

@@ -468,7 +468,6 @@ def part_tc(rows, summary, timing=True):
 
 def part_v3grid(rows, summary):
     """Wider v3 config grid on the decode shapes (Llama-7B fused q/k/v, o, fused gate/up, down) and 8192^2."""
-    from kernels import gemv3
     cases = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096), (8192, 8192)]
     grid = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=sp, num_warps=wp, EVICT=True, PREFETCH=True)
             for bn in (4, 8, 16, 32) for tw in (32, 64, 128, 256) for wp in (2, 4, 8) for sp in (1, 2)
