@@ -389,6 +389,16 @@ def _default_path(m: int, x2: torch.Tensor, pw: PackedWeight) -> str:
     return "dequant" if on_gpu and m >= DEQUANT_MIN_M else "gemm"
 
 
+def _tuned_gemv(name: str, mod, fn, use_asm: bool, x2: torch.Tensor, pw: PackedWeight,
+                bias: torch.Tensor | None, key: tuple, config: dict | None) -> torch.Tensor:
+    """Run a GEMV module's kernel ``fn`` with ``config``, or with its tuned config (the module gives the
+    fixed / default configs and the candidates; tuned once per key, cached under ``name[_asm]``)."""
+    cfg = config or tuned(f"{name}{'_asm' if use_asm else ''}", key, mod.fixed_config(),
+                          mod.default_config(pw.out_features, pw), mod.candidates(pw.out_features, pw),
+                          lambda c: fn(x2, pw, bias, c, use_asm))
+    return fn(x2, pw, bias, cfg, use_asm)
+
+
 def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None = None,
                        config: dict | None = None, path: str | None = None) -> torch.Tensor:
     """y = x @ dequant(pw).T + bias for x [..., K]; dispatch by M (module docstring).
@@ -421,27 +431,15 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
     if path == "mma" and not _mma_ok(x2, pw):
         path = "gemm"
     key = (m, pw.out_features, pw.in_features, pw.bits, pw.group_size, str(x2.dtype))
+    on_gpu = x2.is_cuda and not interpreting()
     if path == "gemv_tc":
-        use_asm = x2.is_cuda and not interpreting() and _gemv_tc.asm_ok(pw, x2)
-        cfg = config or tuned(f"gemv_tc{'_asm' if use_asm else ''}", key, _gemv_tc.fixed_config(),
-                              _gemv_tc.default_config(pw.out_features, pw),
-                              _gemv_tc.candidates(pw.out_features, pw),
-                              lambda c: _gemv_tc.gemv_tc(x2, pw, bias, c, use_asm))
-        y = _gemv_tc.gemv_tc(x2, pw, bias, cfg, use_asm)
+        y = _tuned_gemv("gemv_tc", _gemv_tc, _gemv_tc.gemv_tc, on_gpu and _gemv_tc.asm_ok(pw, x2), x2, pw, bias,
+                        key, config)
     elif path == "gemv3":
-        use_asm = x2.is_cuda and not interpreting() and _gemv3.asm_ok(pw, x2)
-        cfg = config or tuned(f"gemv3{'_asm' if use_asm else ''}", key, _gemv3.fixed_config(),
-                              _gemv3.default_config(pw.out_features, pw),
-                              _gemv3.candidates(pw.out_features, pw),
-                              lambda c: _gemv3.gemv3(x2, pw, bias, c, use_asm))
-        y = _gemv3.gemv3(x2, pw, bias, cfg, use_asm)
+        y = _tuned_gemv("gemv3", _gemv3, _gemv3.gemv3, on_gpu and _gemv3.asm_ok(pw, x2), x2, pw, bias, key, config)
     elif path in ("gemv", "gemv_plain"):
-        use_asm = path == "gemv" and _asm_ok(x2, pw)
-        cfg = config or tuned(f"gemv2{'_asm' if use_asm else ''}", key, _gemv2.fixed_config(),
-                              _gemv2.default_config(pw.out_features, pw),
-                              _gemv2.candidates(pw.out_features, pw),
-                              lambda c: _gemv2.gemv(x2, pw, bias, c, use_asm))
-        y = _gemv2.gemv(x2, pw, bias, cfg, use_asm)
+        y = _tuned_gemv("gemv2", _gemv2, _gemv2.gemv, path == "gemv" and _asm_ok(x2, pw), x2, pw, bias, key,
+                        config)
     elif path == "gemv_v1":
         use_asm = _asm_ok(x2, pw)
         cfg = config or tuned(f"gemv{'_asm' if use_asm else ''}", key, _gemv_fixed(),

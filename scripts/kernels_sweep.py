@@ -333,6 +333,24 @@ def _rot_us(fn_of_pw, pws):
     return gpu_time_rotating_us([lambda pw=pw: fn_of_pw(pw) for pw in pws], n=48)
 
 
+def _time_cfgs(rows, label, x, pws, path, cfgs):
+    """Check (vs the fp32 reference) and time (rotating copies) each config of ``path``; records a row per
+    config, prints it, and returns [(us, cfg, err)] fastest first (failures are printed and skipped)."""
+    ref = R.weight_only_linear(x, pws[0])
+    res = []
+    for cfg in cfgs:
+        try:
+            err = rel(weight_only_linear(x, pws[0], path=path, config=cfg), ref)
+            us = _rot_us(lambda pw: weight_only_linear(x, pw, path=path, config=cfg), pws)
+        except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
+            print("FAILED", label, cfg, str(e)[:300], flush=True)
+            continue
+        rows.append(dict(label=label, cfg=cfg, us=us, err=err))
+        print(f"{label} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
+        res.append((us, cfg, err))
+    return sorted(res, key=lambda t: t[0])
+
+
 def part_v3(rows, summary, timing=True):
     """GEMV v3 (kernels/gemv3.py): GPU correctness grid, then v3 configs vs v2 vs torch (rotating timer)."""
     from kernels import gemv3
@@ -428,24 +446,10 @@ def part_tc(rows, summary, timing=True):
         ncop = max(2, min(24, (400 * 2 ** 20) // (n * k * bits // 8)))
         pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
         label = f"W{bits} {k}x{n} {str(dtype)[6:]}"
-        ms = (1, 16) if (k, n, dtype, bits) == (8192, 8192, torch.float16, 4) else (1, 16) if bits == 4 else (1,)
-        for m in ms:
-            if (k, n) not in ((8192, 8192),) and m > 1 and bits != 4:
-                continue
+        for m in (1, 16) if bits == 4 else (1,):
             x = torch.randn(m, k, device="cuda", dtype=dtype)
-            ref = R.weight_only_linear(x, pws[0])
-            best = (None, float("inf"))
-            for cfg in gemv_tc.candidates(n, pws[0]):
-                try:
-                    err = rel(weight_only_linear(x, pws[0], path="gemv_tc", config=cfg), ref)
-                    us = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv_tc", config=cfg), pws)
-                except Exception as e:  # noqa: BLE001
-                    print("FAILED", label, m, cfg, str(e)[:300], flush=True)
-                    continue
-                rows.append(dict(label=f"tc {label} M={m}", cfg=cfg, us=us, err=err))
-                print(f"tc {label} M={m} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
-                if us < best[1]:
-                    best = (cfg, us)
+            res = _time_cfgs(rows, f"tc {label} M={m}", x, pws, "gemv_tc", gemv_tc.candidates(n, pws[0]))
+            best = (res[0][1], res[0][0]) if res else (None, float("inf"))
             other = "gemv3" if m == 1 else "mma"
             if bits == 8 and m == 1:
                 other = "gemv"
@@ -476,18 +480,7 @@ def part_v3grid(rows, summary):
         ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))
         pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
         x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-        ref = R.weight_only_linear(x, pws[0])
-        res = []
-        for cfg in grid:
-            try:
-                err = rel(weight_only_linear(x, pws[0], path="gemv3", config=cfg), ref)
-                us = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv3", config=cfg), pws)
-            except Exception as e:  # noqa: BLE001
-                print("FAILED", k, n, cfg, str(e)[:200], flush=True)
-                continue
-            rows.append(dict(label=f"v3grid W4 {k}x{n}", cfg=cfg, us=us, err=err))
-            res.append((us, cfg, err))
-        res.sort(key=lambda t: t[0])
+        res = _time_cfgs(rows, f"v3grid W4 {k}x{n}", x, pws, "gemv3", grid)
         tuned_us = _rot_us(lambda pw: weight_only_linear(x, pw), pws)
         nbytes = pws[0].nbytes()
         for us, cfg, err in res[:3]:
@@ -505,19 +498,9 @@ def part_tcsv(rows, summary):
         pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            ref = R.weight_only_linear(x, pws[0])
-            best = {}
-            for cfg in [dict(c, SV=sv) for c in gemv_tc.candidates(n, pws[0]) for sv in (True, False)]:
-                try:
-                    err = rel(weight_only_linear(x, pws[0], path="gemv_tc", config=cfg), ref)
-                    us = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv_tc", config=cfg), pws)
-                except Exception as e:  # noqa: BLE001
-                    print("FAILED", k, n, m, cfg, str(e)[:300], flush=True)
-                    continue
-                rows.append(dict(label=f"tcsv W4 {k}x{n} M={m}", cfg=cfg, us=us, err=err))
-                print(f"tcsv {k}x{n} M={m} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
-                if us < best.get(cfg["SV"], (float("inf"),))[0]:
-                    best[cfg["SV"]] = (us, cfg)
+            cfgs = [dict(c, SV=sv) for c in gemv_tc.candidates(n, pws[0]) for sv in (True, False)]
+            res = _time_cfgs(rows, f"tcsv W4 {k}x{n} M={m}", x, pws, "gemv_tc", cfgs)
+            best = {sv: next(((us, c) for us, c, _ in res if c["SV"] == sv), None) for sv in (True, False)}
             summary.append(f"tcsv W4 {k}x{n} M={m}: SV {best.get(True)} | in-PTX scales {best.get(False)}")
         del pws
         torch.cuda.empty_cache()
