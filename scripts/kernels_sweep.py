@@ -384,22 +384,12 @@ def part_v3(rows, summary, timing=True):
         ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))
         pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
         x = torch.randn(1, k, device="cuda", dtype=dtype)
-        ref = R.weight_only_linear(x, pws[0])
         label = f"W{bits} {k}x{n} {str(dtype)[6:]}"
-        best = (None, float("inf"))
-        for cfg in gemv3.candidates(n, pws[0]) + [dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=False),
-                                                  dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=8, EVICT=True),
-                                                  dict(BLOCK_N=32, TILE_W=128, SPLIT_K=1, num_warps=8, EVICT=True)]:
-            try:
-                err = rel(weight_only_linear(x, pws[0], path="gemv3", config=cfg), ref)
-                us = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv3", config=cfg), pws)
-            except Exception as e:  # noqa: BLE001
-                print("FAILED", label, cfg, str(e)[:300], flush=True)
-                continue
-            rows.append(dict(label=f"v3 {label}", cfg=cfg, us=us, err=err))
-            print(f"v3 {label} {us:8.2f} us err={err:.1e} {cfg}", flush=True)
-            if us < best[1]:
-                best = (cfg, us)
+        cfgs = gemv3.candidates(n, pws[0]) + [dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=False),
+                                              dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=8, EVICT=True),
+                                              dict(BLOCK_N=32, TILE_W=128, SPLIT_K=1, num_warps=8, EVICT=True)]
+        res = _time_cfgs(rows, f"v3 {label}", x, pws, "gemv3", cfgs)
+        best = (res[0][1], res[0][0]) if res else (None, float("inf"))
         v2 = _rot_us(lambda pw: weight_only_linear(x, pw, path="gemv"), pws)
         del pws
         torch.cuda.empty_cache()
