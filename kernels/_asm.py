@@ -6,7 +6,11 @@ and 2j+1 at bits ``b*j`` and ``16 + b*j`` of a word. One ``lop3`` computes
 fp16 number 1024 (0x6400; bf16: 128, 0x4300): the result is the half2
 ``(1024 + q_2j, 1024 + q_2j+1)``, exact. One ``sub.f16x2`` with
 ``1024 + 2^(b-1)`` gives the centred codes, exactly, and one ``fma.f16x2`` with
-the matching x pair accumulates. About 2 instructions per weight for 4-bit.
+the matching x pair accumulates. ``pair_plan`` avoids most shifts: a pair whose
+field still fits in the mantissa at bit offset ``off`` is extracted in place
+(``1024 + 2^off q``) and centred by an exact ``fma`` with 2^-off instead of the
+``sub``: a 4-bit word takes 1 shift instead of 3 (fp16). About 1.6 instructions
+per weight for 4-bit.
 
 Partial sums in half precision stay small: the codes are centred (|q| <= 2^(b-1))
 and a word holds at most 16 codes, so |partial| <= 8 * 2^(b-1) * max|x|.
@@ -17,35 +21,98 @@ from __future__ import annotations
 
 import functools
 
+import torch
+
 from kernels.packing import values_per_word
 
 ASM_BITS = (2, 3, 4)
 
 
-def _halves(bits: int, bf16: bool) -> tuple[str, str, str]:
+MANTISSA_BITS = {False: 10, True: 7}  # fp16 / bf16 explicit mantissa bits
+
+
+def _h2(value: float, bf16: bool) -> int:
+    """Two copies of ``value`` as fp16 / bf16 bits (a half2 constant)."""
+    t = torch.tensor([value], dtype=torch.bfloat16 if bf16 else torch.float16)
+    bits16 = int(t.view(torch.int16).item()) & 0xFFFF
+    return bits16 | bits16 << 16
+
+
+@functools.lru_cache(maxsize=None)
+def pair_plan(bits: int, bf16: bool) -> tuple[tuple[int, int, int], ...]:
+    """How each half2 pair j of a word is extracted: ``(shift, mask, off)`` per pair.
+
+    Pair j's codes sit at bits ``b*j`` and ``16 + b*j``. The word is shifted right by
+    ``shift`` (0: the word itself; shared by consecutive pairs) and one ``lop3`` keeps
+    ``mask = (m | m << 16) << off`` and ORs in the magic number, giving the half2
+    ``magic + 2^off * q`` exactly as long as the field stays inside the mantissa
+    (``off + b <= 10`` for fp16, 7 for bf16). A new shift is taken only when it would
+    not, so a 4-bit word needs one shift instead of three (fp16), a 2-bit word one
+    instead of seven. The centring step is then ``sub (magic + c)`` for off = 0 and
+    ``fma (2^-off, -(magic * 2^-off + c))`` otherwise: exact, the result is the small
+    integer q - c (c = 2^(b-1)).
+    """
     m = 2 ** bits - 1
-    mask = m | (m << 16)
-    if bf16:
-        magic, center = 0x4300, 0x4300 + 2 ** (bits - 1)  # 128 + q is exact in bf16 for q < 128
+    out, cur = [], 0
+    for j in range(16 // bits):
+        off = bits * j - cur
+        if off + bits > MANTISSA_BITS[bf16]:
+            cur, off = bits * j, 0
+        out.append((cur, (m | m << 16) << off, off))
+    return tuple(out)
+
+
+def dequant_consts(bits: int, bf16: bool) -> tuple[list[str], list[str]]:
+    """(register names, PTX mov lines) of the constants the pair plan uses: ``mg`` (magic + c,
+    for off = 0) and ``k<off>`` / ``c<off>`` (2^-off and -(magic * 2^-off + c)) per offset."""
+    magic = 128.0 if bf16 else 1024.0
+    center = 2 ** (bits - 1)
+    regs, lines = ["mg"], [f"mov.b32 mg, 0x{_h2(magic + center, bf16):08X};"]
+    for off in sorted({o for _, _, o in pair_plan(bits, bf16) if o}):
+        regs += [f"k{off}", f"c{off}"]
+        lines += [f"mov.b32 k{off}, 0x{_h2(2.0 ** -off, bf16):08X};",
+                  f"mov.b32 c{off}, 0x{_h2(-(magic * 2.0 ** -off + center), bf16):08X};"]
+    return regs, lines
+
+
+def magic_bits(bf16: bool) -> str:
+    return "0x43004300" if bf16 else "0x64006400"
+
+
+def pair_lines(word: str, j: int, bits: int, bf16: bool, dst: str, scratch: str, shifted: dict) -> list[str]:
+    """PTX lines: ``dst`` (half2) = the centred codes (q - 2^(b-1)) of pair j of ``word``.
+
+    ``scratch`` holds the shifted word; ``shifted`` (per word, kept by the caller) maps the
+    scratch register to the shift it holds, so consecutive pairs share one ``shr``. Needs the
+    registers of ``dequant_consts``.
+    """
+    shift, mask, off = pair_plan(bits, bf16)[j]
+    ty = "bf16x2" if bf16 else "f16x2"
+    lines, src = [], word
+    if shift:
+        if shifted.get(scratch) != (word, shift):
+            lines.append(f"shr.b32 {scratch}, {word}, {shift};")
+            shifted[scratch] = (word, shift)
+        src = scratch
+    lines.append(f"lop3.b32 {dst}, {src}, 0x{mask:08X}, {magic_bits(bf16)}, 0xEA;")
+    if off:
+        lines.append(f"fma.rn.{ty} {dst}, {dst}, k{off}, c{off};")
     else:
-        magic, center = 0x6400, 0x6400 + 2 ** (bits - 1)  # 1024 + q
-    return f"0x{mask:08X}", f"0x{magic | magic << 16:08X}", f"0x{center | center << 16:08X}"
+        lines.append(f"sub.{ty} {dst}, {dst}, mg;")
+    return lines
 
 
-def _word_dot(word: str, xregs: list[str], bits: int, ty: str, mask: str, magic: str) -> list[str]:
+def _word_dot(word: str, xregs: list[str], bits: int, bf16: bool) -> list[str]:
     """PTX lines: ``acc`` (half2) = sum over the word's pairs j of (pair j - center) * xregs[j].
 
-    Pair j: one shift, one ``lop3`` (extract | magic), one ``sub`` of ``mg`` (1024 + center,
-    set by the caller) and one ``fma``; uses the scratch registers t and h.
+    Per pair (``pair_lines``): a shared shift, one ``lop3`` (extract | magic), one exact centring
+    ``sub`` / ``fma``, and one ``fma`` with the x pair; uses the scratch registers t and h and
+    the constants of ``dequant_consts``.
     """
-    lines = []
+    ty = "bf16x2" if bf16 else "f16x2"
+    lines, shifted = [], {}
     for j, xr in enumerate(xregs):
-        src = word
-        if j:
-            lines.append(f"shr.b32 t, {word}, {bits * j};")
-            src = "t"
-        lines.append(f"lop3.b32 h, {src}, {mask}, {magic}, 0xEA;")
-        lines.append(f"sub.{ty} h, h, mg;")
+        lines += pair_lines(word, j, bits, bf16, "h", "t", shifted)
         lines.append(f"mul.rn.{ty} acc, h, {xr};" if j == 0 else f"fma.rn.{ty} acc, h, {xr}, acc;")
     return lines
 
@@ -55,12 +122,11 @@ def dot_word_asm(bits: int, bf16: bool) -> str:
     """PTX: $0 (f32) = sum over the word's slots of (q - 2^(b-1)) * x; $1 word, $2.. x pairs."""
     if bits not in ASM_BITS:
         raise ValueError(f"packed-half2 path supports bits {ASM_BITS}, got {bits}")
-    mask, magic, center = _halves(bits, bf16)
-    ty = "bf16x2" if bf16 else "f16x2"
     cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
-    lines = ["{", ".reg .b32 t, h, acc, mg;", ".reg .b16 lo, hi;", ".reg .f32 flo, fhi;",
-             f"mov.b32 mg, {center};"]
-    lines += _word_dot("$1", [f"${2 + j}" for j in range(16 // bits)], bits, ty, mask, magic)
+    cregs, clines = dequant_consts(bits, bf16)
+    lines = ["{", f".reg .b32 t, h, acc, {', '.join(cregs)};", ".reg .b16 lo, hi;", ".reg .f32 flo, fhi;"]
+    lines += clines
+    lines += _word_dot("$1", [f"${2 + j}" for j in range(16 // bits)], bits, bf16)
     lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} flo, lo;", f"{cvt} fhi, hi;",
               "add.f32 flo, flo, fhi;", "mov.b32 $0, flo;", "}"]
     return "\n".join(lines)
@@ -96,12 +162,11 @@ def word_term_asm(bits: int, bf16: bool) -> str:
     """
     if bits not in ASM_BITS:
         raise ValueError(f"packed-half2 path supports bits {ASM_BITS}, got {bits}")
-    mask, magic, center = _halves(bits, bf16)
-    ty = "bf16x2" if bf16 else "f16x2"
     cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
     npairs = 16 // bits
     xs = [f"x{j}" for j in range(npairs)]
-    lines = ["{", f".reg .b32 t, h, acc, xs, mg, {', '.join(xs)};", ".reg .b16 lo, hi, sh, zh;",
+    cregs, clines = dequant_consts(bits, bf16)
+    lines = ["{", f".reg .b32 t, h, acc, xs, {', '.join(cregs + xs)};", ".reg .b16 lo, hi, sh, zh;",
              ".reg .f32 fa, fb, fd, fx, fs, fz;", ".reg .pred pv;",
              "ld.global.nc.b16 sh, [$3];", "ld.global.nc.b16 zh, [$4];"]
     if bits == 4:
@@ -111,8 +176,8 @@ def word_term_asm(bits: int, bf16: bool) -> str:
     else:
         for j in range(npairs):
             lines += [f"mov.b32 x{j}, 0;", f"setp.lt.s32 pv, {j}, $5;", f"@pv ld.global.nc.b32 x{j}, [$2+{4 * j}];"]
-    lines.append(f"mov.b32 mg, {center};")
-    lines += _word_dot("$1", xs, bits, ty, mask, magic)
+    lines += clines
+    lines += _word_dot("$1", xs, bits, bf16)
     lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} fa, lo;", f"{cvt} fb, hi;", "add.f32 fd, fa, fb;"]
     if bf16:  # bf16 sums lose too much: sum x in fp32
         lines.append("mov.f32 fx, 0f00000000;")
@@ -144,22 +209,22 @@ def words_term_asm(bits: int, bf16: bool, pack: int) -> str:
     """
     if bits not in (2, 4):
         raise ValueError(f"the packed-word PTX supports bits 2 and 4, got {bits}")
-    mask, magic, center = _halves(bits, bf16)
     ty = "bf16x2" if bf16 else "f16x2"
     cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
     npairs = 16 // bits
+    cregs, clines = dequant_consts(bits, bf16)
     word = [f"${pack + i}" for i in range(pack)]
     xaddr = f"${2 * pack}"
     saddr, zaddr = f"${3 * pack}", f"${4 * pack}"
     nx = npairs * pack  # x pairs (int32) of the pack, contiguous
-    lines = ["{", f".reg .b32 t, h, acc, xs, mg, {', '.join(f'x{j}' for j in range(nx))};",
+    lines = ["{", f".reg .b32 t, h, acc, xs, {', '.join(cregs + [f'x{j}' for j in range(nx)])};",
              ".reg .b16 lo, hi, sh, zh;", ".reg .f32 fa, fb, fd, fx, fs, fz;",
              f"ld.global.nc.b16 sh, [{saddr}];", f"ld.global.nc.b16 zh, [{zaddr}];"]
     for v in range(nx // 4):
         lines.append(f"ld.global.nc.v4.b32 {{x{4 * v}, x{4 * v + 1}, x{4 * v + 2}, x{4 * v + 3}}}, [{xaddr}+{16 * v}];")
-    lines.append(f"mov.b32 mg, {center};")
+    lines += clines
     for i in range(pack):  # per word: half2 dot of its pairs, then added in fp32
-        lines += _word_dot(word[i], [f"x{i * npairs + j}" for j in range(npairs)], bits, ty, mask, magic)
+        lines += _word_dot(word[i], [f"x{i * npairs + j}" for j in range(npairs)], bits, bf16)
         lines += ["mov.b32 {lo, hi}, acc;", f"{cvt} fa, lo;", f"{cvt} fb, hi;"]
         lines += ["add.f32 fd, fa, fb;"] if i == 0 else ["add.f32 fd, fd, fa;", "add.f32 fd, fd, fb;"]
     lines.append(f"add.rn.{ty} xs, x0, x1;")
@@ -198,18 +263,14 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False) -> 
     ``scale_vals``: instead of the scale, szero and valid operands, 8 int32s from
     ``scale_pair_asm`` (copies 0 and 4 used: (scale | szero << 16) of rows g and g + 8, already
     zeroed for an invalid step), loaded a step ahead by the kernel.
-    Dequant per pair: lop3 (code | 1024) -> sub (1024 + 2^(b-1)) -> fma (scale,
-    -szero): one rounding to fp16 (bf16: magic 128; scale and szero rounded to bf16 once).
+    Dequant per pair (``pair_lines``): lop3 (code | 1024, most pairs without a shift) -> exact
+    centring -> fma (scale, -szero): one rounding to fp16 (bf16: magic 128; scale and szero
+    rounded to bf16 once).
     """
     if bits not in (2, 4) and not (bits == 8 and not bf16):
         raise ValueError(f"the mma.sync GEMV supports bits 2/4 (and 8 with fp16), got {bits}")
-    m = 2 ** bits - 1
-    mask = f"0x{m | (m << 16):08X}"
-    if bf16:
-        magic, center = 0x4300, 0x4300 + 2 ** (bits - 1)
-    else:
-        magic, center = 0x6400, 0x6400 + 2 ** (bits - 1)
     ty = "bf16" if bf16 else "f16"
+    cregs, clines = dequant_consts(bits, bf16)
     p = values_per_word(bits)
     npairs = p // 2  # half2 pairs per word
     nx = 4 * npairs  # x pairs (b32) per token for the 4 words
@@ -222,7 +283,7 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False) -> 
     saddr = (f"${sb}", f"${sb + 4}")
     zaddr = (f"${sb + 8}", f"${sb + 12}")
     valid = f"${sb + 16}"
-    lines = ["{", f".reg .b32 t, a0, a1, a2, a3, mg, {', '.join(xl + xh)};",
+    lines = ["{", f".reg .b32 t0, t1, a0, a1, a2, a3, {', '.join(cregs + xl + xh)};",
              ".reg .b32 s20, s21, z20, z21;", ".reg .b16 sh0, sh1, zh0, zh1;", ".reg .f32 fs, fz;",
              ".reg .pred pv;"]
     if scale_vals:
@@ -244,18 +305,14 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False) -> 
         lines += [f"mov.b32 s2{r}, {{sh{r}, sh{r}}};", f"mov.b32 z2{r}, {{zh{r}, zh{r}}};"]
         if not scale_vals:
             lines += [f"selp.b32 s2{r}, s2{r}, 0, pv;", f"selp.b32 z2{r}, z2{r}, 0, pv;"]
-    lines.append(f"mov.b32 mg, 0x{center | center << 16:08X};")
+    lines += clines
     first = True
     for j in range(4):  # word j of both rows: columns c0 + P*j ..
+        shifted = {}  # scratch t<row> -> (word, shift) it holds: pairs of a word share one shr
         for h in range(p // 4):  # one k16 mma per 4 columns of each lane
             for reg, row, pair in (("a0", 0, 2 * h), ("a1", 1, 2 * h), ("a2", 0, 2 * h + 1), ("a3", 1, 2 * h + 1)):
-                word = f"${8 + 4 * row + j}"
-                src = word
-                if pair:
-                    lines.append(f"shr.b32 t, {word}, {bits * pair};")
-                    src = "t"
-                lines += [f"lop3.b32 {reg}, {src}, {mask}, 0x{magic | magic << 16:08X}, 0xEA;",
-                          f"sub.{ty}x2 {reg}, {reg}, mg;", f"fma.rn.{ty}x2 {reg}, {reg}, s2{row}, z2{row};"]
+                lines += pair_lines(f"${8 + 4 * row + j}", pair, bits, bf16, reg, f"t{row}", shifted)
+                lines.append(f"fma.rn.{ty}x2 {reg}, {reg}, s2{row}, z2{row};")
             i0 = j * npairs + 2 * h
             for half, xs in ((0, xl), (1, xh)):
                 if half and not hi:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import reference as R
+from kernels import weight_only as _wo
 from kernels._timing import gpu_time_rotating_us, gpu_time_us
 from kernels.packing import random_packed
 from kernels.w8a8 import quantize_activation, scaled_mm
@@ -120,7 +121,18 @@ class Grid:
 
 
 def bench_weight_only(grid: Grid, bits: int, group: int | None, k: int, n: int, m: int,
-                      dtype: torch.dtype = torch.float16, path: str | None = None) -> None:
+                      dtype: torch.dtype = torch.float16, path: str | None = None, pdl: bool = False) -> None:
+    """One weight-only row. ``pdl``: with programmatic dependent launch (a row of its own, kernel
+    ``w<b>a16[pdl]``: back-to-back calls overlap one call's start with the previous one's end, so
+    it is not a single-kernel time; every other row runs without PDL)."""
+    _wo.USE_PDL = pdl
+    try:
+        _bench_weight_only(grid, bits, group, k, n, m, dtype, path, pdl)
+    finally:
+        _wo.USE_PDL = False
+
+
+def _bench_weight_only(grid, bits, group, k, n, m, dtype, path, pdl) -> None:
     g = group or k
     pw, *_ = random_packed(n, k, bits, g, sym=False, device="cuda", seed=bits * 7 + m)
     x = torch.randn(m, k, device="cuda", dtype=dtype)
@@ -133,7 +145,7 @@ def bench_weight_only(grid: Grid, bits: int, group: int | None, k: int, n: int, 
         return lambda: weight_only_linear(x, pwi, path=path)
     us, us_flush = _bench(make, nbytes)
     t_rot, t_flush = grid.torch_us(m, k, n, dtype)
-    grid.add(kernel=f"w{bits}a16" + (f"[{path}]" if path else ""), dtype=str(dtype).split(".")[-1],
+    grid.add(kernel=f"w{bits}a16" + (f"[{path}]" if path else "") + ("[pdl]" if pdl else ""), dtype=str(dtype).split(".")[-1],
              bits=bits, group=group or "ch", M=m, K=k, N=n, us=us, us_flush=us_flush, bytes=nbytes, rel_err=err,
              torch_us=t_rot, torch_us_flush=t_flush)
 
@@ -211,6 +223,8 @@ def run_grid(grid: Grid, groups: tuple[str, ...], quick: bool) -> None:
                 bench_weight_only(grid, 4, 128, k, n, m)
         bench_weight_only(grid, 4, 128, 8192, 8192, 1, torch.bfloat16)
         bench_weight_only(grid, 4, 128, 8192, 8192, 1, path="gemv_plain")
+        for k, n in ((8192, 8192), (4096, 4096)):
+            bench_weight_only(grid, 4, 128, k, n, 1, pdl=True)
     if "lowbit" in groups:
         for bits in (3, 2, 8):
             for k, n in shapes:
@@ -318,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     import triton
     meta = dict(device=name, torch=torch.__version__, triton=triton.__version__,
                 started=time.strftime("%Y-%m-%dT%H:%M:%S"), groups=list(groups), quick=args.quick)
+    meta["pdl"] = ("rows ending [pdl] only: programmatic dependent launch, back-to-back calls overlap; "
+                   "all other rows and the targets without it")
     grid = Grid(pathlib.Path(args.out), gpu, copy_bandwidth(), meta)
     old = pathlib.Path(args.out) / f"{gpu}.json"
     if args.resume and old.exists():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels import _asm
 from kernels._tiles import store_or_add
@@ -48,7 +49,7 @@ def _gemv3_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
                   BITS: tl.constexpr, GROUP: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr,
                   BLOCK_N: tl.constexpr, TILE_W: tl.constexpr, SPLIT_K: tl.constexpr,
                   USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, PACK: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -61,6 +62,9 @@ def _gemv3_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
     xrow = x_ptr + m * stride_xm
     if PREFETCH:  # register double buffer: the next tile's loads are in flight during this tile's math
         q_next = _load_tile(qw_ptr, rows, KW, w_start, w_end, TILE_W, EVICT)
+    if PDL:  # programmatic dependent launch: the first weight tile (a constant) is read before the
+        gdc_wait()  # previous kernel (which wrote x, or reads our output buffer) has finished
+        gdc_launch_dependents()  # and the next PDL kernel may start its own prologue now
     for w0 in range(w_start, w_end, TILE_W):
         w = w0 + tl.arange(0, TILE_W)  # word index in the row [TW]
         wmask = w < w_end
@@ -176,8 +180,14 @@ def candidates(n: int, pw: PackedWeight) -> list[dict]:
     return out
 
 
-def gemv3(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict, use_asm: bool) -> torch.Tensor:
-    """y [M, N] = x2 [M, K] @ dequant(pw).T + bias with the v3 kernel and config ``cfg``."""
+def gemv3(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict, use_asm: bool,
+          pdl: bool = False) -> torch.Tensor:
+    """y [M, N] = x2 [M, K] @ dequant(pw).T + bias with the v3 kernel and config ``cfg``.
+
+    ``pdl``: launch with programmatic dependent launch (CUDA, sm_90+): the kernel may start while
+    the previous kernel in the stream finishes, reads its first weight tile, then waits for it
+    (``griddepcontrol.wait``) before touching x or its output. Off under the interpreter.
+    """
     m, _ = x2.shape
     n, kw = pw.qweight.shape
     tw = cfg["TILE_W"]
@@ -201,6 +211,6 @@ def gemv3(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: di
         BITS=pw.bits, GROUP=pw.group_size, WPG=pw.words_per_group, P=values_per_word(pw.bits),
         BLOCK_N=cfg["BLOCK_N"], TILE_W=tw, SPLIT_K=split, USE_ASM=use_asm, ASM=asm, CONSTRAINTS=constraints,
         PACK=pack, HAS_BIAS=bias is not None, EVICT=bool(cfg.get("EVICT", False)),
-        PREFETCH=bool(cfg.get("PREFETCH", False)), num_warps=cfg["num_warps"],
-        num_stages=int(cfg.get("num_stages", 1)))
+        PREFETCH=bool(cfg.get("PREFETCH", False)), PDL=pdl, num_warps=cfg["num_warps"],
+        num_stages=int(cfg.get("num_stages", 1)), **({"launch_pdl": True} if pdl else {}))
     return out.to(x2.dtype) if split > 1 else out

@@ -26,7 +26,9 @@ possible) a fixed config is used, so CPU tests run the same kernels.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 
 import torch
 import triton
@@ -53,6 +55,9 @@ USE_GEMV3 = True  # M=1 (and small-M 3-bit) on the v3 GEMV where it takes the la
 USE_GEMV_TC = True  # 2 <= M <= GEMV_TC_MAX_M on the mma.sync GEMV where it takes the layout (NOTES.md run 6)
 GEMV_TC_MAX_M = 16  # one token block: above it the weights would be read once per 16 tokens
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Programmatic dependent launch for the M=1 GEMV (sm_90+): the GEMV starts reading its weights while
+# the previous kernel finishes (kernels/gemv3.py). BITSWEEP_PDL=0 turns it off (NOTES.md run 7).
+USE_PDL = os.environ.get("BITSWEEP_PDL", "1") not in ("", "0")
 
 
 _MMA_BROKEN: set = set()  # (shape, bits, group, dtype) keys whose MMA kernel did not compile (a cache)
@@ -389,6 +394,16 @@ def _default_path(m: int, x2: torch.Tensor, pw: PackedWeight) -> str:
     return "dequant" if on_gpu and m >= DEQUANT_MIN_M else "gemm"
 
 
+@functools.lru_cache(maxsize=8)
+def _sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_ok(x2: torch.Tensor) -> bool:
+    """PDL launches for this input: enabled, on a CUDA device of compute capability 9.0 or newer."""
+    return USE_PDL and x2.is_cuda and not interpreting() and _sm90(x2.device.index or 0)
+
+
 def _tuned_gemv(name: str, mod, fn, use_asm: bool, x2: torch.Tensor, pw: PackedWeight,
                 bias: torch.Tensor | None, key: tuple, config: dict | None) -> torch.Tensor:
     """Run a GEMV module's kernel ``fn`` with ``config``, or with its tuned config (the module gives the
@@ -436,7 +451,9 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
         y = _tuned_gemv("gemv_tc", _gemv_tc, _gemv_tc.gemv_tc, on_gpu and _gemv_tc.asm_ok(pw, x2), x2, pw, bias,
                         key, config)
     elif path == "gemv3":
-        y = _tuned_gemv("gemv3", _gemv3, _gemv3.gemv3, on_gpu and _gemv3.asm_ok(pw, x2), x2, pw, bias, key, config)
+        pdl = pdl_ok(x2)
+        y = _tuned_gemv("gemv3", _gemv3, functools.partial(_gemv3.gemv3, pdl=pdl), on_gpu and _gemv3.asm_ok(pw, x2),
+                        x2, pw, bias, key, config)
     elif path in ("gemv", "gemv_plain"):
         y = _tuned_gemv("gemv2", _gemv2, _gemv2.gemv, path == "gemv" and _asm_ok(x2, pw), x2, pw, bias, key,
                         config)

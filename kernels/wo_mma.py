@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import _asm
 from kernels._tiles import dot_acc, grouped_tile, store_or_add
 from kernels.packing import PackedWeight, values_per_word
 
@@ -47,19 +48,12 @@ def dequant_asm(bits: int, bf16: bool) -> str:
     Inputs after the P outputs: $P = word, $(P+1) = half2(s, s), $(P+2) = half2(-sz, -sz).
     """
     p = values_per_word(bits)
-    m = 2 ** bits - 1
-    mask = m | (m << 16)
-    center = 0x6400 + 2 ** (bits - 1)
     q, s2, z2 = f"${p}", f"${p + 1}", f"${p + 2}"
-    lines = ["{", ".reg .b32 t, h, c;", ".reg .b16 lo, hi;", ".reg .f32 a, b;",
-             f"mov.b32 c, 0x{center | center << 16:08X};"]
+    cregs, clines = _asm.dequant_consts(bits, False)
+    lines = ["{", f".reg .b32 t, h, {', '.join(cregs)};", ".reg .b16 lo, hi;", ".reg .f32 a, b;"] + clines
+    shifted = {}
     for j in range(p // 2):
-        src = q
-        if j:
-            lines.append(f"shr.b32 t, {q}, {bits * j};")
-            src = "t"
-        lines.append(f"lop3.b32 h, {src}, 0x{mask:08X}, 0x64006400, 0xEA;")
-        lines.append("sub.f16x2 h, h, c;")
+        lines += _asm.pair_lines(q, j, bits, False, "h", "t", shifted)
         lines.append(f"fma.rn.f16x2 h, h, {s2}, {z2};")
         if bf16:
             lines += ["mov.b32 {lo, hi}, h;", "cvt.f32.f16 a, lo;", "cvt.f32.f16 b, hi;",

@@ -21,11 +21,16 @@ helps bf16 too), ``w4_fused_vs_best_bf16_*`` (over the faster bf16 variant) and
 ``{bf16,w4}_fuse_gain_*`` (fused / unfused, same weights). Order: bf16, bf16 fused, (unfuse) W4,
 W4 fused.
 
+--pdl adds, for each compiled decode, the same timing with programmatic dependent launch (PDL, sm_90+)
+for inductor's kernels and bitsweep's M=1 GEMV, in the same run and harness for both models
+(``<tag>_pdl_compile_decode_tok_s_b1``); ``target`` takes the best figure of each model as before.
+
 --tiny builds a small Llama (hidden 64, 4 heads) for a smoke run; --device cpu (with
 TRITON_INTERPRET=1 and --group 32) runs the model building, W4 swap and fusion checks on CPU in float32
 and records each timing as ``<key>_error: no CUDA device`` instead of timing it.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -120,6 +125,26 @@ def measure_model(rec: Recorder, model: nn.Module, tag: str, args) -> None:
                     lambda: measure_decode(model, 1, args.steps, compile=True, compile_mode=args.compile_mode),
                     f"{tag}_compile_decode_mode")
         torch.compiler.reset()  # the compiled graph must not keep this model's weights alive
+        if args.pdl:
+            with pdl_enabled():
+                rec.measure(f"{tag}_pdl_compile_decode_tok_s_b1",
+                            lambda: measure_decode(model, 1, args.steps, compile=True, compile_mode=args.compile_mode),
+                            f"{tag}_pdl_compile_decode_mode")
+            torch.compiler.reset()
+
+
+@contextlib.contextmanager
+def pdl_enabled():
+    """Programmatic dependent launch for every kernel that supports it: inductor's generated kernels
+    (torch._inductor.config.triton.enable_pdl) and bitsweep's M=1 GEMV (kernels.weight_only.USE_PDL)."""
+    import torch._inductor.config as inductor_config
+    from kernels import weight_only
+    old = inductor_config.triton.enable_pdl, weight_only.USE_PDL
+    inductor_config.triton.enable_pdl, weight_only.USE_PDL = True, True
+    try:
+        yield
+    finally:
+        inductor_config.triton.enable_pdl, weight_only.USE_PDL = old
 
 
 def fuse_checked(model: nn.Module, tokens: int = 1) -> dict:
@@ -148,7 +173,7 @@ def measure_fused(rec: Recorder, model: nn.Module, tag: str, args) -> bool:
 
 
 def fused_ratios(rec: Recorder) -> None:
-    for mode in ("decode", "compile_decode"):
+    for mode in ("decode", "compile_decode", "pdl_compile_decode"):
         w4f, bf, bff = (f"{t}_{mode}_tok_s_b1" for t in ("w4_fused", "bf16", "bf16_fused"))
         rec.ratio(f"w4_fused_vs_bf16_{mode}", w4f, bf)
         rec.ratio(f"w4_fused_vs_bf16_fused_{mode}", w4f, bff)
@@ -208,6 +233,9 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--no-prefill", action="store_true", help="skip the 2048-token prefill timings")
     ap.add_argument("--fuse", action="store_true",
                     help="also measure both models with q/k/v and gate/up fused (methods.fuse)")
+    ap.add_argument("--pdl", action="store_true",
+                    help="also time each compiled decode with programmatic dependent launch (inductor's kernels "
+                         "and the W4 GEMV; keys <tag>_pdl_compile_decode_tok_s_b1); the other timings run without")
     ap.add_argument("--tiny", action="store_true", help="a small Llama (hidden 64) for smoke runs")
     ap.add_argument("--device", default="cuda", help="cuda (timed) or cpu (smoke: no timings)")
     ap.add_argument("--out", default=None)
@@ -216,11 +244,13 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    from kernels import weight_only
+    weight_only.USE_PDL = False  # only the --pdl timings use it
     cuda = args.device.startswith("cuda")
     model = build_model(llama_config(args.layers, args.tiny), args.device)
     rec = Recorder(args.out, layers=args.layers, steps=args.steps, bits=args.bits, group=args.group,
                    compile=args.compile, compile_mode=args.compile_mode if args.compile else None,
-                   fuse=args.fuse, tiny=args.tiny, dtype=str(next(model.parameters()).dtype),
+                   fuse=args.fuse, pdl=args.pdl, tiny=args.tiny, dtype=str(next(model.parameters()).dtype),
                    device=torch.cuda.get_device_name() if cuda else args.device, torch=torch.__version__)
     measure_model(rec, model, "bf16", args)
     if args.fuse:

@@ -496,6 +496,48 @@ def part_tcsv(rows, summary):
         torch.cuda.empty_cache()
 
 
+def part_pdl(rows, summary):
+    """W4 M=1 decode shapes: the tuned GEMV alone and after an RMS-norm kernel (a decode step's pattern),
+    rotating copies in one CUDA graph, without and with programmatic dependent launch (weight_only.USE_PDL);
+    then W2 / bf16 / M=16 (tensor-core GEMV) with the current PTX for comparison with earlier runs."""
+    from kernels import weight_only as wo
+    cases = [(8192, 8192), (4096, 4096), (4096, 12288), (4096, 22016), (11008, 4096), (8192, 28672)]
+    for k, n in cases:
+        ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))
+        pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+        wn = torch.ones(k, device="cuda", dtype=torch.float16)
+        ref = R.weight_only_linear(x, pws[0])
+        res = {}
+        for pdl in (False, True):
+            wo.USE_PDL = pdl
+            err = rel(weight_only_linear(x, pws[0]), ref)
+            alone = _rot_us(lambda pw: weight_only_linear(x, pw), pws)
+            normed = _rot_us(lambda pw: weight_only_linear(F.rms_norm(x, (k,), wn), pw), pws)
+            norm_only = gpu_time_rotating_us([lambda: F.rms_norm(x, (k,), wn)], n=48)
+            res[pdl] = (alone, normed, norm_only, err)
+            rows.append(dict(label=f"pdl W4 {k}x{n}", pdl=pdl, us=alone, us_after_norm=normed, norm_us=norm_only,
+                             err=err))
+            print(f"pdl={pdl} W4 {k}x{n}: alone {alone:.2f} us, norm+gemv {normed:.2f} us (norm alone "
+                  f"{norm_only:.2f}) err={err:.1e}", flush=True)
+        wo.USE_PDL = False
+        summary.append(f"pdl W4 {k}x{n}: alone {res[False][0]:.2f} -> {res[True][0]:.2f} us | norm+gemv "
+                       f"{res[False][1]:.2f} -> {res[True][1]:.2f} us (norm alone {res[False][2]:.2f})")
+        del pws
+        torch.cuda.empty_cache()
+    for bits, k, n, m, dtype in ((2, 8192, 8192, 1, torch.float16), (4, 8192, 8192, 1, torch.bfloat16),
+                                 (4, 8192, 8192, 16, torch.float16), (4, 4096, 12288, 16, torch.float16)):
+        ncop = max(2, min(24, (400 * 2 ** 20) // (n * k * bits // 8)))
+        pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        err = rel(weight_only_linear(x, pws[0]), R.weight_only_linear(x, pws[0]))
+        us = _rot_us(lambda pw: weight_only_linear(x, pw), pws)
+        rows.append(dict(label=f"new-ptx W{bits} {k}x{n} M={m} {dtype}", us=us, err=err))
+        summary.append(f"new-ptx W{bits} {k}x{n} M={m} {str(dtype)[6:]}: tuned dispatch {us:.2f} us err={err:.1e}")
+        del pws
+        torch.cuda.empty_cache()
+
+
 def part_fp8(rows, summary):
     m, k, n = 4096, 8192, 8192
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -571,6 +613,8 @@ def main() -> int:
             part_tcsv(rows, summary)
         elif name == "tccheck":
             part_tc(rows, summary, timing=False)
+        elif name == "pdl":
+            part_pdl(rows, summary)
         elif name == "gemv_rot":
             part_gemv_rot(rows, summary)
         summary.append(f"[{name}: {time.time() - t0:.0f} s]")
