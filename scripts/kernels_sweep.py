@@ -525,7 +525,12 @@ def part_pdl(rows, summary):
                        f"{res[False][1]:.2f} -> {res[True][1]:.2f} us (norm alone {res[False][2]:.2f})")
         del pws
         torch.cuda.empty_cache()
-    for bits, k, n, m, dtype in ((2, 8192, 8192, 1, torch.float16), (4, 8192, 8192, 1, torch.bfloat16),
+
+
+def part_newptx(rows, summary):
+    """W2 / W4 bf16 / M=16 / the 8192^2 M=1 case through the default dispatch, for comparison with earlier runs."""
+    for bits, k, n, m, dtype in ((4, 8192, 8192, 1, torch.float16), (2, 8192, 8192, 1, torch.float16),
+                                 (4, 8192, 8192, 1, torch.bfloat16),
                                  (4, 8192, 8192, 16, torch.float16), (4, 4096, 12288, 16, torch.float16)):
         ncop = max(2, min(24, (400 * 2 ** 20) // (n * k * bits // 8)))
         pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
@@ -615,6 +620,8 @@ def main() -> int:
             part_tc(rows, summary, timing=False)
         elif name == "pdl":
             part_pdl(rows, summary)
+        elif name == "newptx":
+            part_newptx(rows, summary)
         elif name == "gemv_rot":
             part_gemv_rot(rows, summary)
         summary.append(f"[{name}: {time.time() - t0:.0f} s]")
