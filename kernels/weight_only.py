@@ -404,13 +404,33 @@ def pdl_ok(x2: torch.Tensor) -> bool:
     return USE_PDL and x2.is_cuda and not interpreting() and _sm90(x2.device.index or 0)
 
 
+TUNE_ROTATE_BYTES = 160 * 2 ** 20  # weight copies the GEMV tuner rotates over: together > 3x the H100's L2
+
+
+def _weight_copies(pw: PackedWeight) -> list[PackedWeight]:
+    """pw plus clones, together >= TUNE_ROTATE_BYTES (at most 16), or [pw] alone when they would not fit
+    comfortably in free GPU memory (the tuner then times with a read flush)."""
+    n = min(16, -(-TUNE_ROTATE_BYTES // max(pw.nbytes(), 1)))
+    if n <= 1:
+        return [pw]
+    free, _ = torch.cuda.mem_get_info(pw.qweight.device)
+    if free < 4 * n * pw.nbytes():
+        return [pw]
+    import dataclasses
+    return [pw] + [dataclasses.replace(pw, qweight=pw.qweight.clone(), scale=pw.scale.clone(), szero=pw.szero.clone())
+                   for _ in range(n - 1)]
+
+
 def _tuned_gemv(name: str, mod, fn, use_asm: bool, x2: torch.Tensor, pw: PackedWeight,
                 bias: torch.Tensor | None, key: tuple, config: dict | None) -> torch.Tensor:
     """Run a GEMV module's kernel ``fn`` with ``config``, or with its tuned config (the module gives the
-    fixed / default configs and the candidates; tuned once per key, cached under ``name[_asm]``)."""
+    fixed / default configs and the candidates; tuned once per key, cached under ``name[_asm]``) timed
+    over rotating copies of the weights (``_weight_copies``), as a decode step streams them."""
+    def copies():
+        return [lambda c, p=p: fn(x2, p, bias, c, use_asm) for p in _weight_copies(pw)]
     cfg = config or tuned(f"{name}{'_asm' if use_asm else ''}", key, mod.fixed_config(),
                           mod.default_config(pw.out_features, pw), mod.candidates(pw.out_features, pw),
-                          lambda c: fn(x2, pw, bias, c, use_asm))
+                          lambda c: fn(x2, pw, bias, c, use_asm), copies=copies)
     return fn(x2, pw, bias, cfg, use_asm)
 
 
