@@ -236,6 +236,8 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--pdl", action="store_true",
                     help="also time each compiled decode with programmatic dependent launch (inductor's kernels "
                          "and the W4 GEMV; keys <tag>_pdl_compile_decode_tok_s_b1); the other timings run without")
+    ap.add_argument("--fused-only", action="store_true",
+                    help="with --fuse: skip the unfused timings of both models (the fused ones are the faster)")
     ap.add_argument("--tiny", action="store_true", help="a small Llama (hidden 64) for smoke runs")
     ap.add_argument("--device", default="cuda", help="cuda (timed) or cpu (smoke: no timings)")
     ap.add_argument("--out", default=None)
@@ -250,16 +252,18 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(llama_config(args.layers, args.tiny), args.device)
     rec = Recorder(args.out, layers=args.layers, steps=args.steps, bits=args.bits, group=args.group,
                    compile=args.compile, compile_mode=args.compile_mode if args.compile else None,
-                   fuse=args.fuse, pdl=args.pdl, tiny=args.tiny, dtype=str(next(model.parameters()).dtype),
+                   fuse=args.fuse, fused_only=args.fused_only, pdl=args.pdl, tiny=args.tiny, dtype=str(next(model.parameters()).dtype),
                    device=torch.cuda.get_device_name() if cuda else args.device, torch=torch.__version__)
-    measure_model(rec, model, "bf16", args)
+    if not (args.fuse and args.fused_only):
+        measure_model(rec, model, "bf16", args)
     if args.fuse:
         measure_fused(rec, model, "bf16", args)
         unfuse_siblings(model)  # to_w4 swaps the standalone linears (no-op if fusing failed)
     to_w4(model, args.bits, args.group)
     if cuda:
         torch.cuda.empty_cache()
-    measure_model(rec, model, "w4", args)
+    if not (args.fuse and args.fused_only):
+        measure_model(rec, model, "w4", args)
     if args.fuse:
         measure_fused(rec, model, "w4", args)
     rec.ratio("decode_speedup", "w4_decode_tok_s_b1", "bf16_decode_tok_s_b1")

@@ -460,22 +460,23 @@ def part_tc(rows, summary, timing=True):
         torch.cuda.empty_cache()
 
 
-def part_v3grid(rows, summary):
-    """Wider v3 config grid on the decode shapes (Llama-7B fused q/k/v, o, fused gate/up, down) and 8192^2."""
-    cases = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096), (8192, 8192)]
+def part_v3grid(rows, summary, bits=4):
+    """Wider v3 config grid on the decode shapes (Llama-7B fused q/k/v, o, fused gate/up, down) and 8192^2;
+    bits=2: 8192^2 only."""
+    cases = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096), (8192, 8192)] if bits == 4 else [(8192, 8192)]
     grid = [dict(BLOCK_N=bn, TILE_W=tw, SPLIT_K=sp, num_warps=wp, EVICT=True, PREFETCH=True)
             for bn in (4, 8, 16, 32) for tw in (32, 64, 128, 256) for wp in (2, 4, 8) for sp in (1, 2)
             if bn * tw >= 4 * 32 * wp and bn * tw <= 32 * 32 * wp and (sp == 1 or bn <= 8)]
     for k, n in cases:
         ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))
-        pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
         x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-        res = _time_cfgs(rows, f"v3grid W4 {k}x{n}", x, pws, "gemv3", grid)
+        res = _time_cfgs(rows, f"v3grid W{bits} {k}x{n}", x, pws, "gemv3", grid)
         tuned_us = _rot_us(lambda pw: weight_only_linear(x, pw), pws)
         nbytes = pws[0].nbytes()
         for us, cfg, err in res[:3]:
             print(f"v3grid {k}x{n} {us:7.2f} us {nbytes / us / 1e6:.2f} TB/s err={err:.1e} {cfg}", flush=True)
-        summary.append(f"v3grid W4 {k}x{n}: best {res[0][0]:.2f} us {res[0][1]} | default dispatch {tuned_us:.2f} us")
+        summary.append(f"v3grid W{bits} {k}x{n}: best {res[0][0]:.2f} us {res[0][1]} | default dispatch {tuned_us:.2f} us")
         del pws
         torch.cuda.empty_cache()
 
@@ -612,6 +613,8 @@ def main() -> int:
             part_v3(rows, summary, timing=False)
         elif name == "v3grid":
             part_v3grid(rows, summary)
+        elif name == "v3grid2":
+            part_v3grid(rows, summary, bits=2)
         elif name == "tc":
             part_tc(rows, summary)
         elif name == "tcsv":
