@@ -69,7 +69,7 @@ def _gemv3_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
         if PDL_L2 > 0:  # previous kernel (which wrote x, or reads our output buffer) has finished, and the
             # next PDL_L2 words of each row are prefetched into L2 (one address per 128-byte line)
             lw = tl.minimum(w_start + TILE_W + tl.arange(0, PDL_L2 // 32) * 32, w_end - 1)
-            tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];\nmov.u32 $0, 0;", "=r,l",
+            tl.inline_asm_elementwise("prefetch.global.L2 [$1];\nmov.u32 $0, 0;", "=r,l",
                                       [qw_ptr + rows[:, None] * KW + lw[None, :]], dtype=tl.int32,
                                       is_pure=False, pack=1)
         gdc_wait()
