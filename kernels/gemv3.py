@@ -23,8 +23,6 @@ with plain integer ops. SPLIT_K > 1 accumulates fp32 partials with atomics.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -51,8 +49,7 @@ def _gemv3_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
                   BITS: tl.constexpr, GROUP: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr,
                   BLOCK_N: tl.constexpr, TILE_W: tl.constexpr, SPLIT_K: tl.constexpr,
                   USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, PACK: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
-                  PDL_L2: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -66,12 +63,7 @@ def _gemv3_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
     if PREFETCH:  # register double buffer: the next tile's loads are in flight during this tile's math
         q_next = _load_tile(qw_ptr, rows, KW, w_start, w_end, TILE_W, EVICT)
     if PDL:  # programmatic dependent launch: the first weight tile (a constant) is read before the
-        if PDL_L2 > 0:  # previous kernel (which wrote x, or reads our output buffer) has finished, and the
-            # next PDL_L2 words of each row are prefetched into L2 (one address per 128-byte line)
-            lw = tl.minimum(w_start + TILE_W + tl.arange(0, PDL_L2 // 32) * 32, w_end - 1)
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1];\nmov.u32 $0, 0;", "=r,l",
-                                      [qw_ptr + rows[:, None] * KW + lw[None, :]], dtype=tl.int32,
-                                      is_pure=False, pack=1)
+        # previous kernel (which wrote x, or reads our output buffer) has finished
         gdc_wait()
         gdc_launch_dependents()  # the next PDL kernel may start its own prologue now
     for w0 in range(w_start, w_end, TILE_W):
@@ -192,15 +184,6 @@ def candidates(n: int, pw: PackedWeight) -> list[dict]:
     return out
 
 
-def pdl_l2_words() -> int:
-    """Words per row a PDL launch prefetches into L2 before waiting for the previous kernel
-    (BITSWEEP_PDL_L2, a multiple of 32 that is a power of two, or 0; default 512: 2 KB per row)."""
-    v = int(os.environ.get("BITSWEEP_PDL_L2", "512"))
-    if v and (v % 32 or (v // 32) & (v // 32 - 1)):
-        raise ValueError(f"BITSWEEP_PDL_L2={v}: must be 0 or 32 * a power of two")
-    return v
-
-
 def gemv3(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict, use_asm: bool,
           pdl: bool = False) -> torch.Tensor:
     """y [M, N] = x2 [M, K] @ dequant(pw).T + bias with the v3 kernel and config ``cfg``.
@@ -232,7 +215,6 @@ def gemv3(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: di
         BITS=pw.bits, GROUP=pw.group_size, WPG=pw.words_per_group, P=values_per_word(pw.bits),
         BLOCK_N=cfg["BLOCK_N"], TILE_W=tw, SPLIT_K=split, USE_ASM=use_asm, ASM=asm, CONSTRAINTS=constraints,
         PACK=pack, HAS_BIAS=bias is not None, EVICT=bool(cfg.get("EVICT", False)),
-        PREFETCH=bool(cfg.get("PREFETCH", False)), PDL=pdl, PDL_L2=pdl_l2_words() if pdl else 0,
-        num_warps=cfg["num_warps"],
+        PREFETCH=bool(cfg.get("PREFETCH", False)), PDL=pdl, num_warps=cfg["num_warps"],
         num_stages=int(cfg.get("num_stages", 1)), **({"launch_pdl": True} if pdl else {}))
     return out.to(x2.dtype) if split > 1 else out
