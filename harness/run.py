@@ -34,6 +34,7 @@ import resource
 import time
 import traceback
 import uuid
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -125,8 +126,16 @@ def plan_run(cfg: dict) -> RunPlan:
 
 
 def _eval_identity(ev: Evaluator) -> dict:
-    """Evaluator config plus its protocol version (a protocol change invalidates old records)."""
-    return {**asdict(ev.config), "_version": getattr(ev, "version", 1)}
+    """Evaluator config plus its protocol version (a protocol change invalidates old records).
+
+    Fields an evaluator lists in ``hash_omit_defaults`` (options added after records existed) are left
+    out while they hold their default, so earlier records keep their hash."""
+    ident = asdict(ev.config)
+    defaults = {f.name: f.default for f in dataclasses.fields(ev.config)}
+    for key in getattr(ev, "hash_omit_defaults", ()):
+        if ident.get(key) == defaults.get(key):
+            ident.pop(key, None)
+    return {**ident, "_version": getattr(ev, "version", 1)}
 
 
 def method_label(config) -> str:

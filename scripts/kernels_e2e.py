@@ -30,7 +30,6 @@ TRITON_INTERPRET=1 and --group 32) runs the model building, W4 swap and fusion c
 and records each timing as ``<key>_error: no CUDA device`` instead of timing it.
 """
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -42,7 +41,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, no PYTHONPATH
 from harness.eval.memory import model_bytes  # noqa: E402
-from harness.eval.speed import COMPILE_MODES, measure_decode, measure_prefill  # noqa: E402
+from harness.eval.speed import COMPILE_MODES, measure_decode, measure_prefill, pdl_mode  # noqa: E402
 from kernels.packing import pack  # noqa: E402
 from methods.fuse import fuse_siblings, unfuse_siblings  # noqa: E402
 from methods.real import RealWeightOnlyLinear  # noqa: E402
@@ -126,25 +125,11 @@ def measure_model(rec: Recorder, model: nn.Module, tag: str, args) -> None:
                     f"{tag}_compile_decode_mode")
         torch.compiler.reset()  # the compiled graph must not keep this model's weights alive
         if args.pdl:
-            with pdl_enabled():
+            with pdl_mode(True):
                 rec.measure(f"{tag}_pdl_compile_decode_tok_s_b1",
                             lambda: measure_decode(model, 1, args.steps, compile=True, compile_mode=args.compile_mode),
                             f"{tag}_pdl_compile_decode_mode")
             torch.compiler.reset()
-
-
-@contextlib.contextmanager
-def pdl_enabled():
-    """Programmatic dependent launch for every kernel that supports it: inductor's generated kernels
-    (torch._inductor.config.triton.enable_pdl) and bitsweep's M=1 GEMV (kernels.weight_only.USE_PDL)."""
-    import torch._inductor.config as inductor_config
-    from kernels import weight_only
-    old = inductor_config.triton.enable_pdl, weight_only.USE_PDL
-    inductor_config.triton.enable_pdl, weight_only.USE_PDL = True, True
-    try:
-        yield
-    finally:
-        inductor_config.triton.enable_pdl, weight_only.USE_PDL = old
 
 
 def fuse_checked(model: nn.Module, tokens: int = 1) -> dict:
