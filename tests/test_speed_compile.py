@@ -146,3 +146,43 @@ def test_bad_compile_mode_is_rejected():
         build_evaluator("speed", {"compile": True, "compile_mode": "fast"})
     ev = build_evaluator("speed", {"compile": True, "compile_mode": "max-autotune-no-cudagraphs"})
     assert ev.config.compile and ev.config.compile_mode == "max-autotune-no-cudagraphs"
+
+
+def test_pdl_key_composes_and_is_hashed_only_when_on(tmp_path):
+    """eval.speed.pdl from the real Hydra config: off (the default) leaves the speed hash as it was
+    before the key existed; on gives another hash; a mistyped key is rejected."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.app import conf_dir, to_plain
+    from harness.run import _eval_identity, plan_run
+
+    def cfg(*extra):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return to_plain(compose(config_name="config", overrides=[f"store={tmp_path}", "eval=[speed]", *extra]))
+
+    off, on = plan_run(cfg()), plan_run(cfg("eval.speed.pdl=true"))
+    assert off.evaluators["speed"].config.pdl is False and on.evaluators["speed"].config.pdl is True
+    assert "pdl" not in _eval_identity(off.evaluators["speed"])
+    assert _eval_identity(on.evaluators["speed"])["pdl"] is True
+    assert off.hashes["speed"] != on.hashes["speed"]
+    old = {k: v for k, v in vars(off.evaluators["speed"].config).items() if k != "pdl"}  # the pre-pdl identity
+    assert _eval_identity(off.evaluators["speed"]) == {**old, "_version": getattr(off.evaluators["speed"], "version", 1)}
+    with pytest.raises(Exception, match="pdll"):
+        plan_run(cfg("+eval.speed.pdll=true"))
+
+
+def test_pdl_mode_sets_and_restores_both_flags():
+    import torch._inductor.config as inductor_config
+
+    from kernels import weight_only
+    before = inductor_config.triton.enable_pdl, weight_only.USE_PDL
+    with speed.pdl_mode(True):
+        assert inductor_config.triton.enable_pdl is True and weight_only.USE_PDL is True
+        with speed.pdl_mode(False):
+            assert inductor_config.triton.enable_pdl is False and weight_only.USE_PDL is False
+        assert weight_only.USE_PDL is True
+    assert (inductor_config.triton.enable_pdl, weight_only.USE_PDL) == before
+    x = torch.randn(1, 64)
+    assert not weight_only.pdl_ok(x)  # CPU tensors never launch with PDL
