@@ -78,15 +78,22 @@ def _dense_ok(pw: PackedWeight, dtype: torch.dtype, bn: int, bw: int) -> bool:
             and (wpg % bw == 0 or bw % wpg == 0))
 
 
-def dequantize(pw: PackedWeight, dtype: torch.dtype = torch.float16, dense_cfg: tuple[int, int] | None = (32, 16)
-               ) -> torch.Tensor:
+def dequantize(pw: PackedWeight, dtype: torch.dtype = torch.float16, dense_cfg: tuple[int, int] | None = (32, 16),
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Dense weight [N, K] in ``dtype`` (one Triton launch).
 
     ``dense_cfg`` = (BLOCK_N, BLOCK_W) of the vectorized kernel for dense layouts on CUDA (None: the
-    general kernel, which also handles padded 3-bit groups and ragged shapes).
+    general kernel, which also handles padded 3-bit groups and ragged shapes). ``out``: a contiguous
+    [N, K] ``dtype`` tensor to write into (e.g. a reused chunk buffer) instead of a new one.
     """
     n, kw = pw.qweight.shape
-    w = torch.empty((n, pw.in_features), device=pw.qweight.device, dtype=dtype)
+    if out is None:
+        w = torch.empty((n, pw.in_features), device=pw.qweight.device, dtype=dtype)
+    else:
+        if out.shape != (n, pw.in_features) or out.dtype != dtype or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous [{n}, {pw.in_features}] {dtype} tensor; got "
+                             f"{tuple(out.shape)} {out.dtype} contiguous={out.is_contiguous()}")
+        w = out
     if dense_cfg is not None and (pw.qweight.is_cuda or interpreting()) and _dense_ok(pw, dtype, *dense_cfg):
         bn, bw = dense_cfg
         _dequant_dense_kernel[(n // bn, kw // bw)](

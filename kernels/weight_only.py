@@ -10,8 +10,11 @@ sweeps, kernels/NOTES.md):
   dequant straight into mma.sync A fragments) where it takes the layout; up to MMA_MAX_M:
   the fused tensor-core GEMM (kernels/wo_mma.py: PTX dequant in registers, swap-AB, split-K); larger M on CUDA:
   ``dequant`` = one vectorized dequantize pass (kernels/dequant.py) + torch's matmul (an N*K
-  16-bit temporary). If Triton fails to compile the MMA kernel for a layout, the unfused path
-  runs and a warning says so.
+  16-bit temporary). On Hopper, for 4-bit layouts it takes (kernels/wo_wgmma.py: a Gluon GEMM
+  that dequantizes straight into wgmma's register A operand), the tuner times that fused GEMM's
+  configs against the dequant path once per shape and keeps the faster (``large_m``; the H100
+  result differs by shape, NOTES.md run 8; BITSWEEP_WGMMA=0 keeps the dequant path). If Triton
+  fails to compile the MMA kernel for a layout, the unfused path runs and a warning says so.
 * Padded layouts (3-bit groups): M <= GEMV_MAX_M: GEMV v2; then the older fused GEMM below
   (``gemm``: plain-integer dequant of a [BLOCK_N, BLOCK_K] tile + ``tl.dot``) up to
   DEQUANT_MIN_M, then ``dequant``.
@@ -40,6 +43,7 @@ from kernels import gemv as _gemv2
 from kernels import gemv3 as _gemv3
 from kernels import gemv_tc as _gemv_tc
 from kernels import wo_mma as _mma
+from kernels import wo_wgmma as _wgmma
 from kernels._tiles import dot_acc, grouped_tile, store_or_add
 from kernels._tuning import interpreting, tuned
 from kernels.packing import PackedWeight, values_per_word
@@ -50,7 +54,9 @@ GEMV_MAX_M = 4  # GEMV for M <= this when the fused MMA kernel cannot take the l
 MMA_GEMV_MAX_M = 1  # with an MMA-capable layout only M = 1 stays on the GEMV
 MMA_MAX_M = 64  # fused MMA up to this M on CUDA, dequant + torch matmul above (H100 sweep, NOTES.md)
 DEQUANT_MIN_M = 32  # layouts without the MMA path: dequantize once + torch matmul from here on
-PATHS = ("gemv_tc", "gemv3", "gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant")
+PATHS = ("gemv_tc", "gemv3", "gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant", "wgmma")
+# large M on Hopper: the fused wgmma GEMM competes with dequant + matmul in the tuner (NOTES.md run 8)
+USE_WGMMA = os.environ.get("BITSWEEP_WGMMA", "1") not in ("", "0")
 USE_GEMV3 = True  # M=1 (and small-M 3-bit) on the v3 GEMV where it takes the layout (NOTES.md run 5)
 USE_GEMV_TC = True  # 2 <= M <= GEMV_TC_MAX_M on the mma.sync GEMV where it takes the layout (NOTES.md run 6)
 GEMV_TC_MAX_M = 16  # one token block: above it the weights would be read once per 16 tokens
@@ -376,6 +382,38 @@ def _run_mma(x2, pw, bias, config, key, m):
         return None
 
 
+def _run_wgmma(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+    """The Gluon wgmma GEMM; any failure of this experimental path surfaces as a RuntimeError (the tuner
+    then drops the config)."""
+    try:
+        return _wgmma.wgmma_gemm(x2, pw, bias, cfg)
+    except (RuntimeError, triton.compiler.errors.CompilationError):
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. a Gluon API change in another Triton version
+        raise RuntimeError(f"wo_wgmma failed: {type(err).__name__}: {err}") from err
+
+
+def _run_large_m(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, key: tuple, m: int) -> torch.Tensor:
+    """M > MMA_MAX_M on CUDA: dequant + torch matmul, or the fused wgmma GEMM where the tuner timed it faster."""
+    def run(c: dict) -> torch.Tensor:
+        if c["path"] == "dequant":
+            return torch.nn.functional.linear(x2, _dequant.dequantize(pw, x2.dtype), bias)
+        return _run_wgmma(x2, pw, bias, {k: v for k, v in c.items() if k != "path"})
+
+    if USE_WGMMA and _wgmma.supported(pw, x2):
+        plain = {"path": "dequant"}
+        cfg = tuned("large_m", key, plain, plain,
+                    [plain] + [dict(path="wgmma", **c) for c in _wgmma.candidates(m)], run)
+        if cfg["path"] == "wgmma":
+            try:
+                return run(cfg)
+            except RuntimeError as err:  # e.g. a cached config this Triton cannot build
+                if torch.cuda.is_current_stream_capturing():
+                    raise
+                log.warning("wgmma GEMM failed for %s (%s); using dequant + matmul", key, err)
+    return run({"path": "dequant"})
+
+
 def _asm_ok8(x2: torch.Tensor) -> bool:
     """8-bit codes dequantize exactly with the fp16 magic number (1024 + q), fp16/bf16 activations."""
     return not interpreting() and x2.is_cuda and x2.dtype in (torch.float16, torch.bfloat16)
@@ -453,6 +491,7 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
     m = x2.shape[0]
     if m == 0:
         return x.new_zeros(*lead, pw.out_features)
+    auto = path is None and config is None
     if path is None:
         path = _default_path(m, x2, pw)
         if path == "gemv" and USE_GEMV3 and _gemv3.supported(pw, x2):
@@ -494,6 +533,13 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
                               _gemm_candidates(m, pw.out_features, pw.qweight.shape[1]),
                               lambda c: _launch_gemm(x2, pw, bias, c))
         y = _launch_gemm(x2, pw, bias, cfg)
+    elif path == "wgmma":
+        if not _wgmma.supported(pw, x2):
+            raise KernelInputError("path='wgmma' needs a 4-bit layout with N % 64 == 0, K % 128 == 0 and fp16/bf16 "
+                                   "x on a compute capability 9.x GPU (kernels/wo_wgmma.py)")
+        y = _run_wgmma(x2, pw, bias, config or _wgmma.default_config(m))
+    elif on_gpu and auto:  # dequant (or the fused wgmma GEMM where the tuner found it faster)
+        y = _run_large_m(x2, pw, bias, key, m)
     else:  # dequant
         w = _dequant.dequantize(pw, x2.dtype)
         y = torch.nn.functional.linear(x2, w, bias)

@@ -70,7 +70,11 @@ class Emu:
             if op == "mov.b32":
                 self.r[d] = self.val(a[0])
             elif op == "shr.b32":
-                self.r[d] = (self.val(a[0]) & 0xFFFFFFFF) >> int(a[1])
+                self.r[d] = (self.val(a[0]) & 0xFFFFFFFF) >> self.val(a[1])
+            elif op == "neg.f16":
+                self.r[d] = self.val(a[0]) ^ 0x8000
+            elif op == "cvt.rn.bf16x2.f32":  # d = {bf16(a) in the high half, bf16(b) in the low half}
+                self.r[d] = _from_float(self.val(a[0]), True) << 16 | _from_float(self.val(a[1]), True)
             elif op == "lop3.b32":
                 assert a[3] == "0xEA", line  # (a & b) | c
                 self.r[d] = (self.val(a[0]) & self.val(a[1])) | self.val(a[2])
@@ -178,3 +182,24 @@ def test_mma_words_asm_uses_the_plan():
     asm = _asm.mma_words_asm(4, False, False, True)
     assert asm.count("shr.b32") == 8
     assert asm.count("lop3.b32") == 32 and asm.count("fma.rn.f16x2") == 32 + 16
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_wgmma_pair_asm_exact(bf16):
+    """kernels/wo_wgmma.py's per-lane block: pair t of a 4-bit word -> ((q - 8) * s - sz) for both slots, rounded
+    once to fp16 (bf16: that fp16 value rounded once more), for every pair t and random / extreme words."""
+    from kernels import wo_wgmma
+    asm = wo_wgmma._dequant_pair_asm(bf16)
+    rng = np.random.default_rng(3)
+    words = [0, 0xFFFFFFFF, 0x0F0F0F0F, 0x80808080] + [int(w) for w in rng.integers(0, 2 ** 32, 60, dtype=np.uint64)]
+    for i, word in enumerate(words):
+        s = float(np.float16(rng.uniform(0.001, 0.05)))
+        sz = float(np.float16(rng.uniform(-0.2, 0.2))) if i % 3 else 0.0
+        for t in range(4):
+            out = Emu({"$2": word, "$3": 4 * t, "$4": _from_float(s, False), "$5": _from_float(sz, False)}).run(asm)
+            for e in range(2):  # slot 2t in the low half, 2t + 1 in the high half (kernels/packing.py)
+                q = (word >> (16 * e + 4 * t)) & 0xF
+                want = float(np.float16((q - 8) * s - sz))
+                if bf16:
+                    want = _to_half(_from_float(want, True), True)
+                assert _to_half(out[f"${e}"], bf16) == want, (hex(word), t, e)

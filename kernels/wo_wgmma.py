@@ -1,0 +1,273 @@
+"""Fused W4A16 GEMM for large M on Hopper (Gluon): dequantize straight into wgmma's A registers.
+
+Contract: ``wgmma_gemm(x2 [M, K], pw, bias, cfg) -> [M, N]`` in x2's dtype, the same
+function as ``kernels.reference.weight_only_linear`` with the weight rounded once to
+fp16 (bf16 activations: fp16 dequant, then one rounding to bf16), i.e. the same numbers
+as the ``dequant`` path (dequantize + torch matmul). ``supported(pw, x2)`` says whether
+this kernel takes the layout; it needs a CUDA device of compute capability 9.x (wgmma,
+TMA) and is never run under the interpreter.
+
+Why (kernels/NOTES.md, run 8): above M = 64 the weight-only path was one dequantize pass
+to an N x K fp16 buffer, then cuBLAS. At M = 1024 that pass (it writes 2 bytes per weight)
+costs 25-35% of cuBLAS's own time, so the best ratio was ~0.76x. Triton's ``tl.dot`` sends
+a dequantized tile through shared memory (``st.shared`` + ``ldmatrix``) and measured 0.47x.
+
+Design (swap-AB): a program owns BN = 128 weight rows x BM tokens and computes
+``acc[BN, BM] += W[BN, BK] @ X[BM, BK]^T`` with ``warpgroup_mma``: the dequantized weight
+is the A operand *in registers*, X the B operand in shared memory (TMA, STAGES-deep ring,
+one mbarrier per stage). 8 warps; warp w owns weight rows 16w .. 16w + 15 (wgmma's M).
+
+The register A operand of ``m64nNk16`` gives lane (g, t) = (lane // 4, lane % 4) rows
+g and g + 8 and, in each 16-column chunk, columns 2t, 2t + 1, 2t + 8, 2t + 9. In the
+half-word paired layout (kernels/packing.py) column pair (2i, 2i + 1) is pair i % 4 of
+word i // 4, so over a BK = 64 step the lane needs pair t of all 8 words of its two rows:
+the words are loaded as a [BN, 8, 4] tensor (last axis = t, replicated over the quad;
+``_word_layout``), one PTX block per element extracts pair t (shift 4t, ``lop3`` with the
+fp16 magic number, exact centring, one ``fma`` with scale / -szero) into two fp16, and
+``join`` + ``reshape`` give exactly the [BN, 64] A-operand layout: the final
+``convert_layout(..., assert_trivial=True)`` is checked at compile time to move no data.
+wgmma is issued async; the next step's words and scales are loaded (register double
+buffer) and dequantized while it runs (``warpgroup_mma_wait(1)``).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+from kernels.packing import PackedWeight
+
+try:  # Gluon ships with Triton >= 3.5; without it this path is simply unavailable
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                   warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    # Triton 3.6 (the H100 image) names the TMA load async_copy_global_to_shared, 3.9 async_load
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    HAVE_GLUON = True
+except Exception:  # noqa: BLE001 - any import problem means: not available
+    HAVE_GLUON = False
+
+BK = 64  # input columns per step (8 words of 4-bit codes per row)
+BN_MIN = 64  # weight rows per program: 16 per warp, 4 or 8 warps
+
+
+def _dequant_pair_asm(bf16: bool) -> str:
+    """PTX: ($0, $1) = the two values of pair ``$3 / 4`` of word $2, dequantized: (q - 8) * $4 - $5 (fp16 math,
+    one rounding; bf16: then rounded once to bf16). Operands: =h, =h, r word, r shift (4 * pair), h scale,
+    h szero."""
+    lines = ["{", ".reg .b32 h, t, s2, z2, c;", ".reg .b16 nz;", "shr.b32 t, $2, $3;", "mov.b32 c, 0x64086408;",
+             "lop3.b32 h, t, 0x000F000F, 0x64006400, 0xEA;",  # (t & mask) | magic: half2(1024 + q)
+             "sub.f16x2 h, h, c;",  # - half2(1032, 1032): q - 8, exact
+             "neg.f16 nz, $5;", "mov.b32 s2, {$4, $4};", "mov.b32 z2, {nz, nz};",
+             "fma.rn.f16x2 h, h, s2, z2;"]
+    if bf16:
+        lines += [".reg .b16 lo, hi;", ".reg .f32 a, b;", "mov.b32 {lo, hi}, h;", "cvt.f32.f16 a, lo;",
+                  "cvt.f32.f16 b, hi;", "cvt.rn.bf16x2.f32 h, b, a;"]
+    lines += ["mov.b32 {$0, $1}, h;", "}"]
+    return "\n".join(lines)
+
+
+if HAVE_GLUON:
+    def _word_layout(warps: int):
+        """[BN, 8, 4] int32 (BN = 16 * warps): (row, word of the step, pair t) -> the lane of the A operand that
+        needs it. Registers: the 8 words, then row + 8; lanes: t (the replicated axis), then g = rows 0..7;
+        warps: 16-row blocks."""
+        return gl.DistributedLinearLayout(
+            reg_bases=[[0, 1, 0], [0, 2, 0], [0, 4, 0], [8, 0, 0]],
+            lane_bases=[[0, 0, 1], [0, 0, 2], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+            warp_bases=[[16 << i, 0, 0] for i in range(warps.bit_length() - 1)],
+            block_bases=[], shape=[16 * warps, 8, 4])
+
+    @gluon.jit
+    def _load_scales(s_ptr, sz_ptr, rows1, step, G, GROUP: gl.constexpr, L3: gl.constexpr):
+        """(scale, szero) of K step ``step``: [BN, 1, 1], or [BN, 8, 1] for groups smaller than BK."""
+        if GROUP >= 64:
+            g = (step * 64) // GROUP
+            s = gl.load(s_ptr + rows1 * G + g)
+            z = gl.load(sz_ptr + rows1 * G + g)
+            s = gl.expand_dims(gl.expand_dims(s, 1), 2)
+            z = gl.expand_dims(gl.expand_dims(z, 1), 2)
+        else:
+            c2 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3)))
+            off = gl.expand_dims(rows1, 1) * G + (step * 64 + c2 * 8)[None, :] // GROUP
+            s = gl.expand_dims(gl.load(s_ptr + off), 2)
+            z = gl.expand_dims(gl.load(sz_ptr + off), 2)
+        return s, z
+
+    @gluon.jit
+    def _dequant_a(q, s, z, shift, a_layout: gl.constexpr, ASM: gl.constexpr, OUT_DTYPE: gl.constexpr):
+        """[BN, 8, 1] words (broadcast over the pair axis) -> [BN, 64] A operand in ``a_layout`` (no data
+        movement: checked at compile time); s, z broadcast."""
+        lo, hi = gl.inline_asm_elementwise(ASM, "=h,=h,r,r,h,h", [q, shift, s, z], dtype=(gl.int16, gl.int16),
+                                           is_pure=True, pack=1)
+        w = gl.reshape(gl.join(lo, hi), [shift.shape[0], 64]).to(OUT_DTYPE, bitcast=True)  # column 8c + 2t + e
+        return gl.convert_layout(w, a_layout, assert_trivial=True)
+
+    @gluon.jit
+    def _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, j, n_k, STAGES: gl.constexpr,
+                nbytes: gl.constexpr):
+        """TMA loads of K step j (if j < n_k) into stage j % STAGES."""
+        pred = j < n_k
+        js = j % STAGES
+        mbarrier.expect(bars.index(js), nbytes, pred=pred)
+        _tma_load(x_desc, [off_m, j * 64], bars.index(js), x_smem.index(js), pred=pred)
+        _tma_load(w_desc, [off_n, j * 8], bars.index(js), w_smem.index(js), pred=pred)
+
+    @gluon.jit
+    def _step_a(w_smem, bars, k, s, z, shift, a_layout: gl.constexpr, ASM: gl.constexpr, dtype: gl.constexpr,
+                STAGES: gl.constexpr, L3: gl.constexpr):
+        """Wait for K step k's tiles, then dequantize its words into the A operand [BN, 64]."""
+        st = k % STAGES
+        mbarrier.wait(bars.index(st), (k // STAGES) & 1)
+        q = gl.expand_dims(w_smem.index(st).load(gl.SliceLayout(2, L3)), 2)
+        return _dequant_a(q, s, z, shift, a_layout, ASM, dtype)
+
+    @gluon.jit
+    def _wgmma_kernel(x_desc, w_desc, s_ptr, sz_ptr, out_ptr, bias_ptr, M, N, KW, G, stride_om,
+                      BM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
+                      ASM: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, U: gl.constexpr):
+        BK_: gl.constexpr = 64
+        BN_: gl.constexpr = 16 * WARPS
+        dtype: gl.constexpr = x_desc.dtype
+        num_m = gl.cdiv(M, BM)
+        pid = gl.program_id(0)
+        pid_m = pid % num_m  # the programs sharing one weight tile run together (one HBM read)
+        pid_n = pid // num_m
+        off_m = pid_m * BM
+        off_n = pid_n * BN_
+        n_k = KW // 8
+
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                            instr_shape=[16, BM, 16])
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
+        rows1 = off_n + gl.arange(0, BN_, layout=gl.SliceLayout(1, gl.SliceLayout(2, L3)))
+        t3 = gl.expand_dims(gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3))), 0), 1)
+        shift = gl.full([BN_, 8, 4], 0, gl.int32, L3) + t3 * 4
+
+        x_smem = gl.allocate_shared_memory(dtype, [STAGES, BM, BK_], x_desc.layout)
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BN_, 8], w_desc.layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+        for i in gl.static_range(STAGES):
+            _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, i, n_k, STAGES, nbytes)
+
+        # U K steps per iteration (n_k % U == 0): the dequant of step k + 1 runs while step k's wgmma does;
+        # each wgmma is waited for (wait(0)) right after that dequant, before its A registers could be
+        # reused: wgmma reads a register A operand asynchronously and the compiler does not know (an
+        # overlap across the loop's back edge gave wrong sums; keeping it alive through the next
+        # iteration made ptxas serialize every wgmma)
+        s0n, z0n = _load_scales(s_ptr, sz_ptr, rows1, 0, G, GROUP, L3)
+        s1n, z1n = _load_scales(s_ptr, sz_ptr, rows1, 1, G, GROUP, L3)
+        s2n, z2n = s1n, z1n
+        s3n, z3n = s1n, z1n
+        if U == 4:
+            s2n, z2n = _load_scales(s_ptr, sz_ptr, rows1, 2, G, GROUP, L3)
+            s3n, z3n = _load_scales(s_ptr, sz_ptr, rows1, 3, G, GROUP, L3)
+        acc = gl.zeros([BN_, BM], gl.float32, mma_layout)
+        for i in range(0, n_k, U):
+            s0, z0, s1, z1, s2, z2, s3, z3 = s0n, z0n, s1n, z1n, s2n, z2n, s3n, z3n
+            last = n_k - 1
+            s0n, z0n = _load_scales(s_ptr, sz_ptr, rows1, gl.minimum(i + U, last), G, GROUP, L3)
+            s1n, z1n = _load_scales(s_ptr, sz_ptr, rows1, gl.minimum(i + U + 1, last), G, GROUP, L3)
+            if U == 4:
+                s2n, z2n = _load_scales(s_ptr, sz_ptr, rows1, gl.minimum(i + U + 2, last), G, GROUP, L3)
+                s3n, z3n = _load_scales(s_ptr, sz_ptr, rows1, gl.minimum(i + U + 3, last), G, GROUP, L3)
+            a = _step_a(w_smem, bars, i, s0, z0, shift, a_layout, ASM, dtype, STAGES, L3)
+            acc = warpgroup_mma(a, x_smem.index(i % STAGES).permute((1, 0)), acc, is_async=True)
+            for u in gl.static_range(1, U):
+                if u == 1:
+                    s, z = s1, z1
+                elif u == 2:
+                    s, z = s2, z2
+                else:
+                    s, z = s3, z3
+                k = i + u
+                a_next = _step_a(w_smem, bars, k, s, z, shift, a_layout, ASM, dtype, STAGES, L3)
+                acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
+                _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, k - 1 + STAGES, n_k, STAGES, nbytes)
+                acc = warpgroup_mma(a_next, x_smem.index(k % STAGES).permute((1, 0)), acc, is_async=True)
+                a = a_next
+            acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
+            _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, i + U - 1 + STAGES, n_k, STAGES, nbytes)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(i))
+
+        out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[BN_ // 8, 32 // (BN_ // 8)],
+                                                    warps_per_cta=[1, WARPS], order=[0, 1])
+        res = gl.convert_layout(acc, out_layout)
+        on = off_n + gl.arange(0, BN_, layout=gl.SliceLayout(1, out_layout))
+        om = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, out_layout))
+        if HAS_BIAS:
+            res = res + gl.expand_dims(gl.load(bias_ptr + on).to(gl.float32), 1)
+        ptrs = out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1)
+        mask = (gl.expand_dims(om, 0) < M) & (gl.expand_dims(on, 1) < N)
+        gl.store(ptrs, res.to(dtype), mask=mask)
+
+
+def _cc9(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def supported(pw: PackedWeight, x2: torch.Tensor) -> bool:
+    """4-bit codes, N % 64 == 0, K % 128 == 0, group 32/64/128/per-channel (a multiple of 64 or a divisor),
+    fp16/bf16 x with 16-byte aligned rows, on a compute capability 9.x GPU with Gluon available."""
+    if not (HAVE_GLUON and x2.is_cuda and pw.qweight.is_cuda) or pw.bits != 4:
+        return False
+    k, n = pw.in_features, pw.out_features
+    g = pw.group_size
+    return (x2.dtype in (torch.float16, torch.bfloat16) and n % BN_MIN == 0 and k % (2 * BK) == 0
+            and (g % BK == 0 or BK % g == 0) and g % 8 == 0 and x2.stride(1) == 1
+            and (x2.stride(0) * x2.element_size()) % 16 == 0 and x2.data_ptr() % 16 == 0
+            and pw.qweight.is_contiguous() and pw.scale.is_contiguous() and pw.szero.is_contiguous()
+            and _cc9(x2.device))
+
+
+def default_config(m: int) -> dict:
+    return dict(BM=256 if m > 128 else 128, STAGES=3, WARPS=4, U=4)
+
+
+def candidates(m: int) -> list[dict]:
+    return [dict(BM=256, STAGES=st, WARPS=wp, U=u) for wp in (4, 8) for st in (3, 4) for u in (2, 4)]
+
+
+@functools.lru_cache(maxsize=None)
+def _x_layout(bm: int, bf16: bool):
+    return gl.NVMMASharedLayout.get_default_for([bm, BK], gl.bfloat16 if bf16 else gl.float16)
+
+
+@functools.lru_cache(maxsize=None)
+def _w_layout(bn: int):
+    return gl.NVMMASharedLayout.get_default_for([bn, 8], gl.int32)
+
+
+def wgmma_gemm(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+    """y [M, N] = x2 [M, K] @ dequant(pw).T + bias (see the module docstring); ``supported`` must hold."""
+    m, k = x2.shape
+    n = pw.out_features
+    bm, stages, warps = int(cfg["BM"]), int(cfg["STAGES"]), int(cfg.get("WARPS", 4))
+    bn = 16 * warps
+    if bm not in (64, 128, 256) or not 2 <= stages <= 6 or warps not in (4, 8) or n % bn:
+        raise ValueError(f"wo_wgmma config {cfg}: BM must be 64, 128 or 256, STAGES 2..6, WARPS 4 or 8 "
+                         f"(with N % (16 * WARPS) == 0; N = {n})")
+    u = int(cfg.get("U", 4))
+    if u not in (2, 4):
+        raise ValueError(f"wo_wgmma config {cfg}: U must be 2 or 4")
+    if (k // BK) % u:
+        u = 2  # supported() guarantees K % 128 == 0
+    bf16 = x2.dtype == torch.bfloat16
+    kw = pw.qweight.shape[1]
+    x_desc = TensorDescriptor(x2, [m, k], [x2.stride(0), 1], [bm, BK], _x_layout(bm, bf16))
+    w_desc = TensorDescriptor(pw.qweight, [n, kw], [kw, 1], [bn, 8], _w_layout(bn))
+    out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
+    grid = (triton.cdiv(m, bm) * (n // bn),)
+    _wgmma_kernel[grid](x_desc, w_desc, pw.scale, pw.szero, out, bias if bias is not None else out,
+                        m, n, kw, pw.num_groups, out.stride(0),
+                        BM=bm, GROUP=pw.group_size, STAGES=stages, HAS_BIAS=bias is not None,
+                        ASM=_dequant_pair_asm(bf16), L3=_word_layout(warps), WARPS=warps,
+                        U=u, num_warps=warps)
+    return out

@@ -1,0 +1,129 @@
+"""The Gluon wgmma GEMM for large M (kernels/wo_wgmma.py).
+
+CPU: the kernel is compiled for sm_90 with Triton's bundled ptxas (no GPU needed) and its SASS
+is checked: the dequantized words reach wgmma's A registers with no layout conversion (the
+kernel's ``convert_layout(..., assert_trivial=True)`` would fail to compile otherwise), every
+HGMMA of a K step is issued back to back (ptxas did not serialize them), and no instruction
+writes an HGMMA's A registers before the wait that retires it (the hazard that gave wrong sums
+in the first version, kernels/NOTES.md run 8). The dequant PTX itself is checked exactly by
+tests/test_kernels_asm.py. GPU (``-m gpu``): results against the reference, forced and through
+the tuner's dispatch.
+"""
+import inspect
+import re
+
+import pytest
+import torch
+
+from kernels import reference as R
+from kernels import wo_wgmma
+from kernels.packing import random_packed
+
+pytestmark = pytest.mark.skipif(not wo_wgmma.HAVE_GLUON, reason="this Triton has no Gluon")
+
+
+def _compile_sm90(bm: int, group: int, bf16: bool, warps: int, u: int, stages: int = 3):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    fn = wo_wgmma._wgmma_kernel
+    names = list(inspect.signature(fn.fn).parameters)
+    dt = "bf16" if bf16 else "fp16"
+    bn = 16 * warps
+    const = dict(BM=bm, GROUP=group, STAGES=stages, HAS_BIAS=False, ASM=wo_wgmma._dequant_pair_asm(bf16),
+                 L3=wo_wgmma._word_layout(warps), WARPS=warps, U=u)
+    ptrs = {"s_ptr": "*fp16", "sz_ptr": "*fp16", "out_ptr": f"*{dt}", "bias_ptr": f"*{dt}"}
+    sig = {}
+    for a in names:
+        if a in const:
+            sig[a] = "constexpr"
+        elif a == "x_desc":
+            sig[a] = f"tensordesc<{dt}[{bm}, 64],{wo_wgmma._x_layout(bm, bf16)!r}>"
+        elif a == "w_desc":
+            sig[a] = f"tensordesc<i32[{bn}, 8],{wo_wgmma._w_layout(bn)!r}>"
+        else:
+            sig[a] = ptrs.get(a, "i32")
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + ["KW", "stride_om", "N", "G"]}
+    src = GluonASTSource(fn, sig, constexprs={(names.index(a),): v for a, v in const.items()}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
+def _main_loop(sass: str) -> list[str]:
+    """Instructions of the longest backward branch's body that contains HGMMAs (the K loop)."""
+    txt = [ln.strip() for ln in sass.splitlines()]
+    labels = {ln[:-1]: i for i, ln in enumerate(txt) if re.fullmatch(r"\w+:", ln)}
+    best = None
+    for i, ln in enumerate(txt):
+        m = re.search(r"BRA (\w+);", ln)
+        if m and labels.get(m.group(1), i) < i and any("HGMMA" in t for t in txt[labels[m.group(1)]:i]):
+            if best is None or i - labels[m.group(1)] > best[1] - best[0]:
+                best = (labels[m.group(1)], i)
+    assert best is not None, "no K loop with HGMMAs found"
+    return [ln.split("\t", 1)[-1] for ln in txt[best[0]:best[1] + 1] if "\t" in ln]
+
+
+def _a_register_hazards(body: list[str]) -> list[str]:
+    """Writes to an in-flight HGMMA's A registers (4 per HGMMA) before a WARPGROUP.DEPBAR with 0 pending,
+    over two passes of the loop body (so a write early in the next iteration counts)."""
+    live, bad = {}, []
+    for ln in body + body:
+        if ln.startswith("WARPGROUP.DEPBAR"):
+            if ln.rstrip(";").endswith("0x0"):
+                live.clear()
+            continue
+        m = re.match(r"(?:@!?U?P\w+\s+)?HGMMA\.\S+\s+R\d+,\s+R(\d+),", ln)
+        if m:
+            live.update({r: ln for r in range(int(m.group(1)), int(m.group(1)) + 4)})
+            continue
+        m = re.match(r"(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)\s+R(\d+)", ln)
+        if m and live and not m.group(1).startswith(("ST", "RED", "ATOM", "BRA")):
+            op, d = m.group(1), int(m.group(2))
+            width = 4 if ".128" in op else 2 if (".64" in op or op.startswith("IMAD.WIDE")) else 1
+            bad += [ln for r in range(d, d + width) if r in live]
+    return bad
+
+
+def test_hazard_check_catches_a_write():
+    body = ["HGMMA.64x256x16.F32 R24, R88, gdesc[UR8], R24, gsb0;", "LOP3.LUT R90, R1, 0xf, RZ, 0xc0, !PT;",
+            "WARPGROUP.DEPBAR.LE gsb0, 0x0;"]
+    assert _a_register_hazards(body)
+    assert not _a_register_hazards([body[0], body[2], body[1]])
+
+
+@pytest.mark.parametrize("bm,group,bf16,warps,u", [(256, 128, False, 4, 4), (256, 32, True, 8, 2)])
+def test_wgmma_kernel_sass(bm, group, bf16, warps, u):
+    try:
+        from triton.tools.disasm import get_sass
+        k = _compile_sm90(bm, group, bf16, warps, u)
+        sass = get_sass(k.asm["cubin"])
+    except (FileNotFoundError, ImportError, RuntimeError) as err:
+        if "ptxas" in str(err) or "cuobjdump" in str(err) or "nvdisasm" in str(err) or isinstance(err, ImportError):
+            pytest.skip(f"no CUDA binary tools here: {err}")
+        raise
+    body = _main_loop(sass)
+    hgmma = [ln for ln in body if "HGMMA" in ln]
+    assert len(hgmma) == 4 * u  # four k16 MMAs per 64-column K step, U steps per iteration
+    assert sum(ln.startswith("WARPGROUP.DEPBAR") for ln in body) == u  # one wait per step, not per HGMMA
+    assert _a_register_hazards(body) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("group", [128, 64, 32, None])
+def test_wgmma_gemm_on_gpu(dtype, group):
+    from kernels._tuning import interpreting
+    from kernels.weight_only import weight_only_linear
+    if interpreting() or not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a compute capability 9.x GPU with TRITON_INTERPRET=0")
+    k, n = 1024, 320
+    pw, *_ = random_packed(n, k, 4, group or k, device="cuda", seed=7, fractional_zero=True)
+    for m in (65, 300, 1024):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        b = torch.randn(n, device="cuda", dtype=dtype)
+        r = R.weight_only_linear(x, pw, b).float()
+        tol = 3e-3 if dtype == torch.float16 else 1.5e-2
+        for cfg in wo_wgmma.candidates(m):
+            y = weight_only_linear(x, pw, b, path="wgmma", config=cfg).float()
+            assert ((y - r).norm() / r.norm()).item() < tol, (m, cfg)
+        y = weight_only_linear(x, pw, b).float()  # the tuner's choice (dequant or wgmma)
+        assert ((y - r).norm() / r.norm()).item() < tol, m
