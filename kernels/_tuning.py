@@ -92,12 +92,15 @@ def _time(cfg: dict, launch: Callable[[dict], object], copies: list[Callable[[di
 
 
 def tuned(name: str, key: tuple, fixed: dict, default: dict, candidates: list[dict],
-          launch: Callable[[dict], object], copies: Callable[[], list[Callable[[dict], object]]] | None = None) -> dict:
+          launch: Callable[[dict], object], copies: Callable[[], list[Callable[[dict], object]]] | None = None,
+          margin: float = 0.0) -> dict:
     """The best config for (name, key) among candidates.
 
     ``fixed`` under the interpreter; ``default`` (a heuristic) on CUDA when
     BITSWEEP_TUNE=0 and nothing is cached. ``copies``: called once, only when tuning, it returns
     launchers ``f(cfg)`` on distinct copies of the inputs (rotating timer; see module docstring).
+    ``margin``: the first candidate (an established path) is kept unless another one is timed at
+    least this fraction faster, so run-to-run spread does not swap in a path that is not really better.
     """
     if interpreting() or not torch.cuda.is_available():
         return fixed
@@ -117,7 +120,13 @@ def tuned(name: str, key: tuple, fixed: dict, default: dict, candidates: list[di
             log.debug("config %s failed for %s: %s", cfg, full, err)
     timed.sort(key=lambda t: t[0])
     if len(timed) > 1:  # re-time the front runners: one noisy sample must not decide
-        timed = sorted(((_time(cfg, launch, launchers, True), cfg) for _, cfg in timed[:RETIME]), key=lambda t: t[0])
+        front = [cfg for _, cfg in timed[:RETIME]]
+        if margin > 0 and candidates and candidates[0] not in front and any(c is candidates[0] for _, c in timed):
+            front.append(candidates[0])
+        timed = sorted(((_time(cfg, launch, launchers, True), cfg) for cfg in front), key=lambda t: t[0])
+        inc = [t for t in timed if t[1] is candidates[0]]
+        if margin > 0 and inc and timed[0][1] is not candidates[0] and timed[0][0] > inc[0][0] * (1 - margin):
+            timed = inc  # not faster by the margin: keep the established path
     del launchers
     if not timed:
         log.warning("no candidate config ran for %s; using the fixed config", full)

@@ -57,6 +57,7 @@ DEQUANT_MIN_M = 32  # layouts without the MMA path: dequantize once + torch matm
 PATHS = ("gemv_tc", "gemv3", "gemv", "gemv_plain", "gemv_v1", "mma", "gemm", "dequant", "wgmma")
 # large M on Hopper: the fused wgmma GEMM competes with dequant + matmul in the tuner (NOTES.md run 8)
 USE_WGMMA = os.environ.get("BITSWEEP_WGMMA", "1") not in ("", "0")
+WGMMA_MARGIN = 0.05  # it replaces dequant + matmul only when timed >= 5% faster (its times spread more)
 USE_GEMV3 = True  # M=1 (and small-M 3-bit) on the v3 GEMV where it takes the layout (NOTES.md run 5)
 USE_GEMV_TC = True  # 2 <= M <= GEMV_TC_MAX_M on the mma.sync GEMV where it takes the layout (NOTES.md run 6)
 GEMV_TC_MAX_M = 16  # one token block: above it the weights would be read once per 16 tokens
@@ -403,7 +404,8 @@ def _run_large_m(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, 
     if USE_WGMMA and _wgmma.supported(pw, x2):
         plain = {"path": "dequant"}
         cfg = tuned("large_m", key, plain, plain,
-                    [plain] + [dict(path="wgmma", **c) for c in _wgmma.candidates(m)], run)
+                    [plain] + [dict(path="wgmma", **c) for c in _wgmma.candidates(m, pw.out_features)], run,
+                    margin=WGMMA_MARGIN)
         if cfg["path"] == "wgmma":
             try:
                 return run(cfg)

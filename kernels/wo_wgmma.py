@@ -231,8 +231,11 @@ def default_config(m: int) -> dict:
     return dict(BM=256 if m > 128 else 128, STAGES=3, WARPS=4, U=4)
 
 
-def candidates(m: int) -> list[dict]:
-    return [dict(BM=256, STAGES=st, WARPS=wp, U=u) for wp in (4, 8) for st in (3, 4) for u in (2, 4)]
+def candidates(m: int, n: int) -> list[dict]:
+    """Tiles from the H100 probe (results/kernels/wgmma_probe_h100.json): BM = 256 tokens, 4 or 8 warps
+    (64 or 128 weight rows; 8 needs N % 128 == 0), 3 or 4 stages, 2 or 4 K steps per iteration."""
+    return [dict(BM=256, STAGES=st, WARPS=wp, U=u) for wp in (4, 8) if n % (16 * wp) == 0
+            for st in (3, 4) for u in (2, 4)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--quick-check", action="store_true")
     args = ap.parse_args()
-    cfgs = wo_wgmma.candidates(1024)
+    cfgs = wo_wgmma.candidates(1024, 1024)
     res = {"meta": {"device": torch.cuda.get_device_name(), "torch": torch.__version__}}
     res["checks"] = [] if args.no_check else check(cfgs[:1] + cfgs[-1:] if args.quick_check else cfgs)
     res["bench"] = bench(cfgs, args.m)

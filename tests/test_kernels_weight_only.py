@@ -120,3 +120,21 @@ def test_dense_dequant_kernel(bits, group):
     assert _dense_ok(pw, torch.float16, 32, 16)
     w = dequantize(pw, torch.float16, dense_cfg=(32, 16))
     torch.testing.assert_close(w, ref_dequant(pw, torch.float16), rtol=2e-3, atol=2e-4)
+
+
+def test_tuner_margin_keeps_the_established_path(monkeypatch):
+    """``tuned(..., margin=)``: the first candidate stays unless another is timed at least margin faster."""
+    from kernels import _tuning
+    times = {"old": 100.0, "a": 97.0, "b": 120.0}
+    monkeypatch.setattr(_tuning, "interpreting", lambda: False)
+    monkeypatch.setattr(_tuning.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_tuning.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_tuning, "_device_tag", lambda i: "fake")
+    monkeypatch.setattr(_tuning, "_save", lambda: None)
+    monkeypatch.setattr(_tuning, "_time", lambda cfg, launch, copies, more: times[cfg["p"]])
+    cands = [{"p": "old"}, {"p": "a"}, {"p": "b"}]
+    pick = lambda name, margin: _tuning.tuned(name, (1,), cands[0], cands[0], cands, lambda c: None, margin=margin)
+    assert pick("m0", 0.0) == {"p": "a"}  # plain: the fastest
+    assert pick("m5", 0.05) == {"p": "old"}  # 3% faster is within the margin
+    times["a"] = 90.0
+    assert pick("m5b", 0.05) == {"p": "a"}  # 10% faster wins

@@ -122,7 +122,7 @@ def test_wgmma_gemm_on_gpu(dtype, group):
         b = torch.randn(n, device="cuda", dtype=dtype)
         r = R.weight_only_linear(x, pw, b).float()
         tol = 3e-3 if dtype == torch.float16 else 1.5e-2
-        for cfg in wo_wgmma.candidates(m):
+        for cfg in wo_wgmma.candidates(m, n):
             y = weight_only_linear(x, pw, b, path="wgmma", config=cfg).float()
             assert ((y - r).norm() / r.norm()).item() < tol, (m, cfg)
         y = weight_only_linear(x, pw, b).float()  # the tuner's choice (dequant or wgmma)
