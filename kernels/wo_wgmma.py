@@ -12,22 +12,25 @@ to an N x K fp16 buffer, then cuBLAS. At M = 1024 that pass (it writes 2 bytes p
 costs 25-35% of cuBLAS's own time, so the best ratio was ~0.76x. Triton's ``tl.dot`` sends
 a dequantized tile through shared memory (``st.shared`` + ``ldmatrix``) and measured 0.47x.
 
-Design (swap-AB): a program owns BN = 128 weight rows x BM tokens and computes
-``acc[BN, BM] += W[BN, BK] @ X[BM, BK]^T`` with ``warpgroup_mma``: the dequantized weight
-is the A operand *in registers*, X the B operand in shared memory (TMA, STAGES-deep ring,
-one mbarrier per stage). 8 warps; warp w owns weight rows 16w .. 16w + 15 (wgmma's M).
+Design (swap-AB): a program owns BN = 16 * WARPS weight rows (4 or 8 warps) x BM tokens and
+computes ``acc[BN, BM] += W[BN, BK] @ X[BM, BK]^T`` with ``warpgroup_mma``: the dequantized
+weight is the A operand *in registers*, X the B operand in shared memory. X and the packed
+words arrive by TMA in a STAGES-deep ring (one mbarrier per stage); warp w owns weight rows
+16w .. 16w + 15 (wgmma's M). Programs sharing a weight tile are launched together.
 
 The register A operand of ``m64nNk16`` gives lane (g, t) = (lane // 4, lane % 4) rows
 g and g + 8 and, in each 16-column chunk, columns 2t, 2t + 1, 2t + 8, 2t + 9. In the
 half-word paired layout (kernels/packing.py) column pair (2i, 2i + 1) is pair i % 4 of
 word i // 4, so over a BK = 64 step the lane needs pair t of all 8 words of its two rows:
-the words are loaded as a [BN, 8, 4] tensor (last axis = t, replicated over the quad;
-``_word_layout``), one PTX block per element extracts pair t (shift 4t, ``lop3`` with the
+the words are read from shared memory as [BN, 8] broadcast over a pair axis t (the quad's
+lanes; ``_word_layout``), one PTX block per element extracts pair t (shift 4t, ``lop3`` with the
 fp16 magic number, exact centring, one ``fma`` with scale / -szero) into two fp16, and
 ``join`` + ``reshape`` give exactly the [BN, 64] A-operand layout: the final
 ``convert_layout(..., assert_trivial=True)`` is checked at compile time to move no data.
-wgmma is issued async; the next step's words and scales are loaded (register double
-buffer) and dequantized while it runs (``warpgroup_mma_wait(1)``).
+U steps per loop iteration: step k + 1 is dequantized while wgmma k runs, and each wgmma is
+waited for before its A registers can be reused (an overlap across the loop's back edge let
+the next dequant overwrite registers an in-flight wgmma was reading; tests/test_kernels_wgmma.py
+checks the SASS for that hazard). Scales are loaded one iteration ahead.
 """
 from __future__ import annotations
 
