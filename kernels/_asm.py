@@ -239,11 +239,13 @@ def words_term_asm(bits: int, bf16: bool, pack: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False) -> str:
+def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False, blocks: int = 1) -> str:
     """PTX for the tensor-core GEMV (kernels/gemv_tc.py): 4 words of two rows each -> mma.sync.
 
     A warp-collective block (every lane of the warp runs it together; the kernel's loop is
-    uniform), called with pack=8: lane (g, t) = (lane // 4, lane % 4) passes 4 consecutive
+    uniform), called with pack=8 (``blocks`` = 1) or pack=16 (``blocks`` = 2: two 16-row blocks
+    that share one load of the x fragments, halving the x traffic through L1): lane (g, t) =
+    (lane // 4, lane % 4) passes 4 consecutive
     words of weight row g and the same 4 words of row g + 8 of a 16-row block, covering input
     columns ``c0 .. c0 + 4P - 1`` (c0 = 4P * t in the 16-word step). The weights are the
     mma's A operand (m16n8k16, rows = weight rows): in the half-word paired layout a
@@ -253,22 +255,25 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False) -> 
     K that B (x of token g: ``b0, b1`` = the same two column pairs, loaded here) shares.
     No weight repacking, and the B registers come straight from 16-byte x loads.
 
-    Operands: $0..$3 (f32) accumulators out for tokens 0-7 of the token block: C[row g +
-    8*(i//2)][token 2t + i%2]; $4..$7 the same for tokens 8-15 (``hi``; else passed through);
-    $8..$11 words of row g, $12..$15 of row g + 8; $16..$23 accumulators in; then 8 copies
-    each of: token g's x address (first used: 2P contiguous x values), with ``hi`` token
-    g + 8's, the group scale address (copies 0 and 4 used: rows g and g + 8), the szero
-    address, and an int32 ``valid`` flag (first used): 0 zeroes scale and szero, so the
-    words contribute nothing (a K tail step whose words were read from a clamped address).
-    ``scale_vals``: instead of the scale, szero and valid operands, 8 int32s from
-    ``scale_pair_asm`` (copies 0 and 4 used: (scale | szero << 16) of rows g and g + 8, already
-    zeroed for an invalid step), loaded a step ahead by the kernel.
+    Operands, with B = ``blocks`` and block b's registers at offset 8b within each group:
+    $0..$(8B-1) (f32) accumulators out; of a block: 4 for tokens 0-7 of the token block,
+    C[row g + 8*(i//2)][token 2t + i%2], then 4 for tokens 8-15 (``hi``; else passed through);
+    then 8B words (a block: 4 of row g, 4 of row g + 8); 8B accumulators in; then 8B copies
+    each of: token g's x address (first used: 2P contiguous x values, shared by the blocks),
+    with ``hi`` token g + 8's, the group scale address (copies 8b and 8b + 4 used: rows g and
+    g + 8 of block b), the szero address, and an int32 ``valid`` flag (first used): 0 zeroes
+    scale and szero, so the words contribute nothing (a K tail step whose words were read from
+    a clamped address). ``scale_vals``: instead of the scale, szero and valid operands, 8B int32s
+    from ``scale_pair_asm`` (copies 8b and 8b + 4 used: (scale | szero << 16) of rows g and g + 8,
+    already zeroed for an invalid step), loaded a step ahead by the kernel.
     Dequant per pair (``pair_lines``): lop3 (code | 1024, most pairs without a shift) -> exact
     centring -> fma (scale, -szero): one rounding to fp16 (bf16: magic 128; scale and szero
     rounded to bf16 once).
     """
     if bits not in (2, 4) and not (bits == 8 and not bf16):
         raise ValueError(f"the mma.sync GEMV supports bits 2/4 (and 8 with fp16), got {bits}")
+    if blocks not in (1, 2):
+        raise ValueError(f"blocks must be 1 or 2 (pack 8 or 16), got {blocks}")
     ty = "bf16" if bf16 else "f16"
     cregs, clines = dequant_consts(bits, bf16)
     p = values_per_word(bits)
@@ -276,67 +281,85 @@ def mma_words_asm(bits: int, bf16: bool, hi: bool, scale_vals: bool = False) -> 
     nx = 4 * npairs  # x pairs (b32) per token for the 4 words
     xl = [f"xl{i}" for i in range(nx)]
     xh = [f"xh{i}" for i in range(nx)] if hi else []
-    base = 24
+    nb = 8 * blocks  # operands per group
+    out0, word0, acc0, base = 0, nb, 2 * nb, 3 * nb
     xaddr_l = f"${base}"
-    xaddr_h = f"${base + 8}" if hi else None
-    sb = base + (16 if hi else 8)
-    saddr = (f"${sb}", f"${sb + 4}")
-    zaddr = (f"${sb + 8}", f"${sb + 12}")
-    valid = f"${sb + 16}"
+    xaddr_h = f"${base + nb}" if hi else None
+    sb = base + nb * (2 if hi else 1)
+    srow = [(f"${sb + 8 * b}", f"${sb + 8 * b + 4}") for b in range(blocks)]
+    zrow = [(f"${sb + nb + 8 * b}", f"${sb + nb + 8 * b + 4}") for b in range(blocks)]
+    valid = f"${sb + 2 * nb}"
+    sregs = [f"s2{b}{r}, z2{b}{r}" for b in range(blocks) for r in range(2)]
+    hregs = [f"sh{b}{r}, zh{b}{r}" for b in range(blocks) for r in range(2)]
     lines = ["{", f".reg .b32 t0, t1, a0, a1, a2, a3, {', '.join(cregs + xl + xh)};",
-             ".reg .b32 s20, s21, z20, z21;", ".reg .b16 sh0, sh1, zh0, zh1;", ".reg .f32 fs, fz;",
+             f".reg .b32 {', '.join(sregs)};", f".reg .b16 {', '.join(hregs)};", ".reg .f32 fs, fz;",
              ".reg .pred pv;"]
-    if scale_vals:
-        lines += [f"mov.b32 {{sh{r}, zh{r}}}, {saddr[r]};" for r in range(2)]
-    else:
-        lines.append(f"setp.ne.s32 pv, {valid}, 0;")
-        for r in range(2):
-            lines += [f"ld.global.nc.b16 sh{r}, [{saddr[r]}];", f"ld.global.nc.b16 zh{r}, [{zaddr[r]}];"]
+    for b in range(blocks):
+        if scale_vals:
+            lines += [f"mov.b32 {{sh{b}{r}, zh{b}{r}}}, {srow[b][r]};" for r in range(2)]
+        else:
+            if b == 0:
+                lines.append(f"setp.ne.s32 pv, {valid}, 0;")
+            for r in range(2):
+                lines += [f"ld.global.nc.b16 sh{b}{r}, [{srow[b][r]}];", f"ld.global.nc.b16 zh{b}{r}, [{zrow[b][r]}];"]
     for v in range(nx // 4):
         lines.append(f"ld.global.nc.v4.b32 {{{', '.join(xl[4 * v:4 * v + 4])}}}, [{xaddr_l}+{16 * v}];")
         if hi:
             lines.append(f"ld.global.nc.v4.b32 {{{', '.join(xh[4 * v:4 * v + 4])}}}, [{xaddr_h}+{16 * v}];")
-    for r in range(2):
-        if bf16:
-            lines += [f"cvt.f32.f16 fs, sh{r};", f"cvt.f32.f16 fz, zh{r};", "neg.f32 fz, fz;",
-                      f"cvt.rn.bf16.f32 sh{r}, fs;", f"cvt.rn.bf16.f32 zh{r}, fz;"]
-        else:
-            lines.append(f"neg.f16 zh{r}, zh{r};")
-        lines += [f"mov.b32 s2{r}, {{sh{r}, sh{r}}};", f"mov.b32 z2{r}, {{zh{r}, zh{r}}};"]
-        if not scale_vals:
-            lines += [f"selp.b32 s2{r}, s2{r}, 0, pv;", f"selp.b32 z2{r}, z2{r}, 0, pv;"]
+    for b in range(blocks):
+        for r in range(2):
+            sh, zh, s2, z2 = f"sh{b}{r}", f"zh{b}{r}", f"s2{b}{r}", f"z2{b}{r}"
+            if bf16:
+                lines += [f"cvt.f32.f16 fs, {sh};", f"cvt.f32.f16 fz, {zh};", "neg.f32 fz, fz;",
+                          f"cvt.rn.bf16.f32 {sh}, fs;", f"cvt.rn.bf16.f32 {zh}, fz;"]
+            else:
+                lines.append(f"neg.f16 {zh}, {zh};")
+            lines += [f"mov.b32 {s2}, {{{sh}, {sh}}};", f"mov.b32 {z2}, {{{zh}, {zh}}};"]
+            if not scale_vals:
+                lines += [f"selp.b32 {s2}, {s2}, 0, pv;", f"selp.b32 {z2}, {z2}, 0, pv;"]
     lines += clines
-    first = True
-    for j in range(4):  # word j of both rows: columns c0 + P*j ..
-        shifted = {}  # scratch t<row> -> (word, shift) it holds: pairs of a word share one shr
-        for h in range(p // 4):  # one k16 mma per 4 columns of each lane
-            for reg, row, pair in (("a0", 0, 2 * h), ("a1", 1, 2 * h), ("a2", 0, 2 * h + 1), ("a3", 1, 2 * h + 1)):
-                lines += pair_lines(f"${8 + 4 * row + j}", pair, bits, bf16, reg, f"t{row}", shifted)
-                lines.append(f"fma.rn.{ty}x2 {reg}, {reg}, s2{row}, z2{row};")
-            i0 = j * npairs + 2 * h
-            for half, xs in ((0, xl), (1, xh)):
-                if half and not hi:
-                    continue
-                d = ", ".join(f"${4 * half + i}" for i in range(4))
-                c = ", ".join(f"${16 + 4 * half + i}" for i in range(4)) if first else d
-                lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, "
-                             f"{{a0, a1, a2, a3}}, {{{xs[i0]}, {xs[i0 + 1]}}}, {{{c}}};")
-            first = False
-    if not hi:
-        lines += [f"mov.b32 ${4 + i}, ${20 + i};" for i in range(4)]
+    for b in range(blocks):
+        first = True
+        for j in range(4):  # word j of both rows: columns c0 + P*j ..
+            shifted = {}  # scratch t<row> -> (word, shift) it holds: pairs of a word share one shr
+            for h in range(p // 4):  # one k16 mma per 4 columns of each lane
+                for reg, row, pair in (("a0", 0, 2 * h), ("a1", 1, 2 * h), ("a2", 0, 2 * h + 1),
+                                       ("a3", 1, 2 * h + 1)):
+                    lines += pair_lines(f"${word0 + 8 * b + 4 * row + j}", pair, bits, bf16, reg, f"t{row}", shifted)
+                    lines.append(f"fma.rn.{ty}x2 {reg}, {reg}, s2{b}{row}, z2{b}{row};")
+                i0 = j * npairs + 2 * h
+                for half, xs in ((0, xl), (1, xh)):
+                    if half and not hi:
+                        continue
+                    o = out0 + 8 * b + 4 * half
+                    d = ", ".join(f"${o + i}" for i in range(4))
+                    c = ", ".join(f"${acc0 + 8 * b + 4 * half + i}" for i in range(4)) if first else d
+                    lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{d}}}, "
+                                 f"{{a0, a1, a2, a3}}, {{{xs[i0]}, {xs[i0 + 1]}}}, {{{c}}};")
+                first = False
+        if not hi:
+            lines += [f"mov.b32 ${out0 + 8 * b + 4 + i}, ${acc0 + 8 * b + 4 + i};" for i in range(4)]
     lines.append("}")
     return "\n".join(lines)
 
 
-SCALE_PAIR_ASM = "\n".join([
-    "{", ".reg .b16 s0, z0, s1, z1;", ".reg .pred pv;", "setp.ne.s32 pv, $24, 0;",
-    "ld.global.nc.b16 s0, [$8];", "ld.global.nc.b16 z0, [$16];",
-    "ld.global.nc.b16 s1, [$12];", "ld.global.nc.b16 z1, [$20];",
-    "mov.b32 $0, {s0, z0};", "mov.b32 $4, {s1, z1};",
-    "selp.b32 $0, $0, 0, pv;", "selp.b32 $4, $4, 0, pv;",
-    "mov.b32 $1, 0;", "mov.b32 $2, 0;", "mov.b32 $3, 0;", "mov.b32 $5, 0;", "mov.b32 $6, 0;", "mov.b32 $7, 0;",
-    "}"])
-"""PTX (pack=8, same lanes as ``mma_words_asm``): $0 / $4 = (scale | szero << 16) of the pack's rows g /
-g + 8 (their group's fp16 bits), 0 when the step is invalid; other outputs 0. Operands: 8 outputs,
-then 8 copies each of the scale address, the szero address and the valid flag (copies 0 and 4 of
-the addresses used). The tensor-core GEMV issues it a step ahead, with the words (prefetch)."""
+@functools.lru_cache(maxsize=None)
+def scale_pair_asm(blocks: int = 1) -> str:
+    """PTX (pack = 8 * blocks, same lanes as ``mma_words_asm``): outputs 8b / 8b + 4 = (scale | szero << 16)
+    of block b's rows g / g + 8 (their group's fp16 bits), 0 when the step is invalid; other outputs 0.
+    Operands: 8B outputs, then 8B copies each of the scale address, the szero address and the valid flag
+    (copies 8b and 8b + 4 of the addresses used). The tensor-core GEMV issues it a step ahead, with the
+    words (prefetch)."""
+    nb = 8 * blocks
+    lines = ["{", ".reg .b16 s0, z0;", ".reg .pred pv;", f"setp.ne.s32 pv, ${3 * nb}, 0;"]
+    for o in range(nb):
+        if o % 4:
+            lines.append(f"mov.b32 ${o}, 0;")
+            continue
+        lines += [f"ld.global.nc.b16 s0, [${nb + o}];", f"ld.global.nc.b16 z0, [${2 * nb + o}];",
+                  f"mov.b32 ${o}, {{s0, z0}};", f"selp.b32 ${o}, ${o}, 0, pv;"]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+SCALE_PAIR_ASM = scale_pair_asm(1)

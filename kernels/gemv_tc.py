@@ -24,6 +24,9 @@ registers is rows of reps 2i and 2i + 1. The kernel maps them to weight rows g a
 end with a reshape, no atomics). The accumulators are a [BLOCK_N, 16] fp32 tensor in the same
 layout: element (r, c), with t = c // 4, j = c % 4, par = rep % 2, is
 out[token 8 * par + 2t + j % 2][block row g + 8 * (j // 2)] (the mma's D fragment).
+``PACK`` = 16 (config key, default 8) hands a thread's 16 registers, two 16-row blocks, to one PTX
+call that loads the x fragments once for both (half the x traffic through L1; the H100 sweep,
+NOTES.md run 9: 8192x28672 M=16 86.5 -> 62.2 us, other shapes within 2-7%, so the tuner chooses).
 U unrolled steps per iteration have independent accumulators; PREFETCH loads the next
 iteration's words (and, with SV, each row's (scale | szero) pair through a small PTX load
 block, ``_asm.SCALE_PAIR_ASM``) before this iteration's MMAs.
@@ -78,7 +81,7 @@ def _where(kbase, w, w_start, span, WPK):
 
 @triton.jit
 def _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, wb, c, valid, EVICT: tl.constexpr, SV: tl.constexpr,
-           WPG: tl.constexpr, SCALE_ASM: tl.constexpr):
+           WPG: tl.constexpr, SCALE_ASM: tl.constexpr, SCALE_CONSTRAINTS: tl.constexpr, PACK: tl.constexpr):
     """(int32 words [BN, 16], scales [BN, 16]) of the step at wb. Each row's 16 words start at a multiple
     of 16 (KW % 16 == 0, whole steps); Triton cannot prove it through the per-warp K-part offset, and
     without the hint the loads are 4-byte instead of 16-byte (seen in the SASS). With SV the group's
@@ -93,36 +96,35 @@ def _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, wb, c, valid, EVICT: tl.constexpr,
     if SV:
         so = srow + (wb + c[None, :]) // WPG
         v = (valid + c[None, :] * 0).to(tl.int32)
-        sc = tl.inline_asm_elementwise(SCALE_ASM,
-                                       "=r,=r,=r,=r,=r,=r,=r,=r,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,r,r,r,r,r,r,r,r",
-                                       [s_ptr + so, sz_ptr + so, v], dtype=tl.int32, is_pure=True, pack=8)
+        sc = tl.inline_asm_elementwise(SCALE_ASM, SCALE_CONSTRAINTS, [s_ptr + so, sz_ptr + so, v], dtype=tl.int32,
+                                       is_pure=True, pack=PACK)
     return q, sc
 
 
 @triton.jit
 def _step(acc, q, sc, valid, wb, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok, orow, KW, G, stride_xm,
           BITS: tl.constexpr, WPG: tl.constexpr, P: tl.constexpr, HI: tl.constexpr,
-          USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, SV: tl.constexpr):
+          USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr, SV: tl.constexpr, PACK: tl.constexpr):
     """One 16-word step (words q [BN, 16] at wb [BN, 1]): acc [BN, 16] fp32 updated."""
     if USE_ASM:
         if SV:  # (scale | szero << 16) per row, loaded a step ahead (_words)
             if HI:
                 acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, xhi + wb * P, sc],
-                                                dtype=tl.float32, is_pure=True, pack=8)
+                                                dtype=tl.float32, is_pure=True, pack=PACK)
             else:
                 acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, sc],
-                                                dtype=tl.float32, is_pure=True, pack=8)
+                                                dtype=tl.float32, is_pure=True, pack=PACK)
         else:
             so = srow + (wb + c[None, :]) // WPG
             v = (valid + c[None, :] * 0).to(tl.int32)
             if HI:
                 acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, xhi + wb * P, s_ptr + so,
                                                                    sz_ptr + so, v],
-                                                dtype=tl.float32, is_pure=True, pack=8)
+                                                dtype=tl.float32, is_pure=True, pack=PACK)
             else:
                 acc = tl.inline_asm_elementwise(ASM, CONSTRAINTS, [q, acc, xlo + wb * P, s_ptr + so, sz_ptr + so,
                                                                    v],
-                                                dtype=tl.float32, is_pure=True, pack=8)
+                                                dtype=tl.float32, is_pure=True, pack=PACK)
     else:
         acc += _plain_words(x_ptr, qw_ptr, s_ptr, sz_ptr, tok, orow, wb, valid, KW, G, stride_xm, BITS, WPG, P)
     return acc
@@ -136,7 +138,7 @@ def _gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
                     SPLIT_K: tl.constexpr, HI: tl.constexpr,
                     USE_ASM: tl.constexpr, ASM: tl.constexpr, CONSTRAINTS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, EVICT: tl.constexpr, PREFETCH: tl.constexpr, SV: tl.constexpr,
-                    SCALE_ASM: tl.constexpr):
+                    SCALE_ASM: tl.constexpr, SCALE_CONSTRAINTS: tl.constexpr, PACK: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     tok0 = tl.program_id(2) * 16
@@ -178,50 +180,62 @@ def _gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, sz_ptr, out_ptr, bias_ptr,
     # words are loaded (register double buffer) before this iteration's PTX runs
     if PREFETCH:
         v0n, b0n = _where(kbase, 0, w_start, span, WPK)
-        q0n, c0n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0n, c, v0n, EVICT, SV, WPG, SCALE_ASM)
+        q0n, c0n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0n, c, v0n, EVICT, SV, WPG,
+                          SCALE_ASM, SCALE_CONSTRAINTS, PACK)
         v1n, b1n = _where(kbase, 16, w_start, span, WPK)
-        q1n, c1n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1n, c, v1n, EVICT, SV, WPG, SCALE_ASM)
+        q1n, c1n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1n, c, v1n, EVICT, SV, WPG,
+                          SCALE_ASM, SCALE_CONSTRAINTS, PACK)
         v2n, b2n = _where(kbase, 32, w_start, span, WPK)
-        q2n, c2n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2n, c, v2n, EVICT, SV, WPG, SCALE_ASM)
+        q2n, c2n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2n, c, v2n, EVICT, SV, WPG,
+                          SCALE_ASM, SCALE_CONSTRAINTS, PACK)
         v3n, b3n = _where(kbase, 48, w_start, span, WPK)
-        q3n, c3n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3n, c, v3n, EVICT, SV, WPG, SCALE_ASM)
+        q3n, c3n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3n, c, v3n, EVICT, SV, WPG,
+                          SCALE_ASM, SCALE_CONSTRAINTS, PACK)
     for w in range(0, WPK, 16 * U):
         if PREFETCH:
             v0, b0, q0, c0 = v0n, b0n, q0n, c0n
             v0n, b0n = _where(kbase, w + 16 * U, w_start, span, WPK)
-            q0n, c0n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0n, c, v0n, EVICT, SV, WPG, SCALE_ASM)
+            q0n, c0n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0n, c, v0n, EVICT, SV, WPG,
+                              SCALE_ASM, SCALE_CONSTRAINTS, PACK)
             if U >= 2:
                 v1, b1, q1, c1 = v1n, b1n, q1n, c1n
                 v1n, b1n = _where(kbase, w + 16 * U + 16, w_start, span, WPK)
-                q1n, c1n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1n, c, v1n, EVICT, SV, WPG, SCALE_ASM)
+                q1n, c1n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1n, c, v1n, EVICT, SV, WPG,
+                                  SCALE_ASM, SCALE_CONSTRAINTS, PACK)
             if U >= 4:
                 v2, b2, q2, c2 = v2n, b2n, q2n, c2n
                 v2n, b2n = _where(kbase, w + 16 * U + 32, w_start, span, WPK)
-                q2n, c2n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2n, c, v2n, EVICT, SV, WPG, SCALE_ASM)
+                q2n, c2n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2n, c, v2n, EVICT, SV, WPG,
+                                  SCALE_ASM, SCALE_CONSTRAINTS, PACK)
                 v3, b3, q3, c3 = v3n, b3n, q3n, c3n
                 v3n, b3n = _where(kbase, w + 16 * U + 48, w_start, span, WPK)
-                q3n, c3n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3n, c, v3n, EVICT, SV, WPG, SCALE_ASM)
+                q3n, c3n = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3n, c, v3n, EVICT, SV, WPG,
+                                  SCALE_ASM, SCALE_CONSTRAINTS, PACK)
         else:
             v0, b0 = _where(kbase, w, w_start, span, WPK)
-            q0, c0 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0, c, v0, EVICT, SV, WPG, SCALE_ASM)
+            q0, c0 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b0, c, v0, EVICT, SV, WPG,
+                            SCALE_ASM, SCALE_CONSTRAINTS, PACK)
             if U >= 2:
                 v1, b1 = _where(kbase, w + 16, w_start, span, WPK)
-                q1, c1 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1, c, v1, EVICT, SV, WPG, SCALE_ASM)
+                q1, c1 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b1, c, v1, EVICT, SV, WPG,
+                                SCALE_ASM, SCALE_CONSTRAINTS, PACK)
             if U >= 4:
                 v2, b2 = _where(kbase, w + 32, w_start, span, WPK)
-                q2, c2 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2, c, v2, EVICT, SV, WPG, SCALE_ASM)
+                q2, c2 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b2, c, v2, EVICT, SV, WPG,
+                                SCALE_ASM, SCALE_CONSTRAINTS, PACK)
                 v3, b3 = _where(kbase, w + 48, w_start, span, WPK)
-                q3, c3 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3, c, v3, EVICT, SV, WPG, SCALE_ASM)
+                q3, c3 = _words(qw_ptr, s_ptr, sz_ptr, qrow, srow, b3, c, v3, EVICT, SV, WPG,
+                                SCALE_ASM, SCALE_CONSTRAINTS, PACK)
         acc0 = _step(acc0, q0, c0, v0, b0, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                     stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
+                     stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV, PACK)
         if U >= 2:
             acc1 = _step(acc1, q1, c1, v1, b1, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV, PACK)
         if U >= 4:
             acc2 = _step(acc2, q2, c2, v2, b2, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV, PACK)
             acc3 = _step(acc3, q3, c3, v3, b3, x_ptr, qw_ptr, s_ptr, sz_ptr, xlo, xhi, srow, c, tok_c, orow_c, KW, G,
-                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV)
+                         stride_xm, BITS, WPG, P, HI, USE_ASM, ASM, CONSTRAINTS, SV, PACK)
     acc = (acc0 + acc1) + (acc2 + acc3)
     # sum the K parts: r = 8 * KS * (rep * WQ + warp // KS) + 8 * kpart + g
     acc = tl.sum(tl.reshape(acc, [BLOCK_N // (8 * KS), KS, 8, 16]), axis=1)  # [A, 8, 16]
@@ -277,10 +291,22 @@ def candidates(n: int, pw: PackedWeight) -> list[dict]:
     out = [dict(BLOCK_N=bn, KS=ks, U=u, SPLIT_K=1, num_warps=wp, EVICT=True, PREFETCH=True)
            for bn, wp, ks in ((64, 4, 4), (128, 4, 4), (128, 8, 4), (128, 8, 8), (64, 4, 2)) for u in (2, 4)]
     out.append(dict(BLOCK_N=128, KS=4, U=4, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=False))
+    # two 16-row blocks per PTX call sharing one x fragment load (half the x traffic through L1)
+    out += [dict(BLOCK_N=bn, KS=ks, U=u, SPLIT_K=1, num_warps=wp, EVICT=True, PREFETCH=True, PACK=16)
+            for bn, wp, ks in ((128, 4, 4), (128, 4, 2), (256, 8, 8), (256, 8, 4), (128, 2, 2)) for u in (2, 4)]
     # scales loaded inside the mma PTX block instead of a step ahead (equal at 8192^2, NOTES.md run 6)
     out += [dict(BLOCK_N=bn, KS=4, U=u, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True, SV=False)
             for bn, u in ((64, 4), (128, 2))]
     return out
+
+
+def asm_constraints(pack: int, hi: bool, sv: bool) -> tuple[str, str]:
+    """Constraint strings of the mma block (``_asm.mma_words_asm``) and the scale-pair block
+    (``_asm.scale_pair_asm``) for ``pack`` = 8 * blocks registers per call."""
+    x_ops = ["l"] * pack * (2 if hi else 1)
+    scale_ops = ["r"] * pack if sv else ["l"] * 2 * pack + ["r"] * pack
+    return (",".join(["=f"] * pack + ["r"] * pack + ["f"] * pack + x_ops + scale_ops),
+            ",".join(["=r"] * pack + ["l"] * 2 * pack + ["r"] * pack))
 
 
 def gemv_tc(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict, use_asm: bool) -> torch.Tensor:
@@ -288,9 +314,13 @@ def gemv_tc(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: 
     m, _ = x2.shape
     n, kw = pw.qweight.shape
     bn, wp, ks, u = cfg["BLOCK_N"], cfg["num_warps"], int(cfg.get("KS", 1)), int(cfg.get("U", 1))
+    pack = int(cfg.get("PACK", 8))
     if bn % (16 * wp) or wp % ks or u not in (1, 2, 4):
         raise ValueError(f"gemv_tc config {cfg}: BLOCK_N must be a multiple of 16 x num_warps, KS must divide "
                          f"num_warps and U be 1, 2 or 4")
+    if pack not in (8, 16) or (pack == 16 and bn % (32 * wp)):
+        raise ValueError(f"gemv_tc config {cfg}: PACK must be 8 or 16, and PACK=16 (two 16-row blocks per PTX "
+                         f"call) needs BLOCK_N a multiple of 32 x num_warps")
     steps = kw // TILE_W
     split = max(1, min(cfg["SPLIT_K"], steps))
     sps = -(-steps // split)  # steps per split
@@ -301,13 +331,12 @@ def gemv_tc(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: 
     out = (torch.zeros if split > 1 else torch.empty)((m, n), device=x2.device, dtype=out_dtype)
     hi = m > 8
     sv = use_asm and bool(cfg.get("SV", True))  # scales loaded a step ahead by their own PTX block
+    blocks = pack // 8
     if use_asm:
-        asm = _asm.mma_words_asm(pw.bits, x2.dtype == torch.bfloat16, hi, sv)
-        x_ops = ["l"] * 8 * (2 if hi else 1)
-        scale_ops = ["r"] * 8 if sv else ["l"] * 16 + ["r"] * 8
-        constraints = ",".join(["=f"] * 8 + ["r"] * 8 + ["f"] * 8 + x_ops + scale_ops)
+        asm = _asm.mma_words_asm(pw.bits, x2.dtype == torch.bfloat16, hi, sv, blocks)
+        constraints, scale_constraints = asm_constraints(pack, hi, sv)
     else:
-        asm, constraints = "", ""
+        asm, constraints, scale_constraints = "", "", ""
     grid = (triton.cdiv(n, bn // ks), split, triton.cdiv(m, TOKENS))
     _gemv_tc_kernel[grid](
         x2, pw.qweight, pw.scale, pw.szero, out, bias if bias is not None else out,
@@ -315,6 +344,7 @@ def gemv_tc(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: 
         BITS=pw.bits, WPG=pw.words_per_group, P=values_per_word(pw.bits), BLOCK_N=bn, WARPS=wp, KS=ks, U=u,
         SPLIT_K=split, HI=hi, USE_ASM=use_asm, ASM=asm, CONSTRAINTS=constraints, HAS_BIAS=bias is not None,
         EVICT=bool(cfg.get("EVICT", False)), PREFETCH=bool(cfg.get("PREFETCH", False)), SV=sv,
-        SCALE_ASM=_asm.SCALE_PAIR_ASM if sv else "", num_warps=wp,
+        SCALE_ASM=_asm.scale_pair_asm(blocks) if sv else "", SCALE_CONSTRAINTS=scale_constraints, PACK=pack,
+        num_warps=wp,
         num_stages=1)
     return out.to(x2.dtype) if split > 1 else out

@@ -17,7 +17,8 @@ sweeps, kernels/NOTES.md):
   fails to compile the MMA kernel for a layout, the unfused path runs and a warning says so.
 * Padded layouts (3-bit groups): M <= GEMV_MAX_M: GEMV v2; then the older fused GEMM below
   (``gemm``: plain-integer dequant of a [BLOCK_N, BLOCK_K] tile + ``tl.dot``) up to
-  DEQUANT_MIN_M, then ``dequant``.
+  DEQUANT_MIN_M (on CUDA the tuner times it against ``dequant`` and keeps the faster), then
+  ``dequant``.
 * The v1 GEMV (``gemv_v1``) runs only for layouts v2 cannot tile (a long per-channel group
   whose word count is neither a power of two <= 128 nor a multiple of 128).
 
@@ -416,6 +417,22 @@ def _run_large_m(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, 
     return run({"path": "dequant"})
 
 
+def _run_gemm_or_dequant(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, key: tuple,
+                         m: int) -> torch.Tensor:
+    """Layouts without the MMA path (3-bit groups) at GEMV_MAX_M < M < DEQUANT_MIN_M on CUDA: the tuner times
+    the plain fused GEMM's configs against dequant + matmul and keeps the faster (the H100 bench had W3 8192^2
+    M=16 at 179 us on the fused GEMM, NOTES.md run 9)."""
+    def run(c: dict) -> torch.Tensor:
+        if c["path"] == "dequant":
+            return torch.nn.functional.linear(x2, _dequant.dequantize(pw, x2.dtype), bias)
+        return _launch_gemm(x2, pw, bias, {k: v for k, v in c.items() if k != "path"})
+
+    kw = pw.qweight.shape[1]
+    default = dict(path="gemm", **_gemm_default(m, pw.out_features, kw))
+    cands = [{"path": "dequant"}] + [dict(path="gemm", **c) for c in _gemm_candidates(m, pw.out_features, kw)]
+    return run(tuned("gemm_or_dequant", key, default, default, cands, run))
+
+
 def _asm_ok8(x2: torch.Tensor) -> bool:
     """8-bit codes dequantize exactly with the fp16 magic number (1024 + q), fp16/bf16 activations."""
     return not interpreting() and x2.is_cuda and x2.dtype in (torch.float16, torch.bfloat16)
@@ -529,6 +546,8 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
         y = _run_mma(x2, pw, bias, config, key, m)
         if y is None:  # the compiler rejected every config for this layout: the unfused path
             return weight_only_linear(x, pw, bias, path="dequant" if x2.is_cuda else "gemm")
+    elif path == "gemm" and on_gpu and auto:
+        y = _run_gemm_or_dequant(x2, pw, bias, key, m)
     elif path == "gemm":
         cfg = config or tuned("gemm", key, _gemm_fixed(m),
                               _gemm_default(m, pw.out_features, pw.qweight.shape[1]),

@@ -497,6 +497,48 @@ def part_tcsv(rows, summary):
         torch.cuda.empty_cache()
 
 
+def part_tcpack(rows, summary):
+    """Tensor-core GEMV with two 16-row blocks per PTX call (PACK=16: one x fragment load shared by both):
+    GPU correctness grid, then every candidate timed (rotating copies), the best PACK=8 vs the best
+    PACK=16, at M = 1 and 16 (NOTES.md run 9)."""
+    from kernels import gemv_tc
+    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+    bad = n_cases = 0
+    for bits in (2, 4, 8):
+        for g, k in ((32, 256), (64, 640), (128, 1024), (None, 512), (128, 4096)):
+            g = g or k
+            pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
+            for dtype in (torch.float16, torch.bfloat16):
+                for m, cfg in ((1, dict(BLOCK_N=128, KS=4, U=2, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True,
+                                        PACK=16)),
+                               (16, dict(BLOCK_N=256, KS=8, U=4, SPLIT_K=1, num_warps=8, PREFETCH=True, PACK=16)),
+                               (9, dict(BLOCK_N=128, KS=2, U=2, SPLIT_K=3, num_warps=2, PACK=16, SV=False)),
+                               (16, dict(BLOCK_N=128, KS=1, U=1, SPLIT_K=1, num_warps=4, PACK=16)),
+                               (5, dict(BLOCK_N=64, KS=2, U=2, SPLIT_K=1, num_warps=2, PREFETCH=True, PACK=16))):
+                    x = torch.randn(m, k, device="cuda", dtype=dtype)
+                    b = torch.randn(200, device="cuda", dtype=dtype)
+                    if not gemv_tc.asm_ok(pw, x):
+                        continue
+                    n_cases += 1
+                    bad += not check_case(rows, f"tcpack w{bits} g{g} K={k} {dtype} M={m} {cfg}", pw, x, b,
+                                          "gemv_tc", cfg, tol[dtype])
+    summary.append(f"tcpack check failures: {bad} of {n_cases}")
+    cases = [(4, 8192, 8192, (1, 16)), (4, 4096, 4096, (16,)), (4, 8192, 28672, (16,)), (4, 28672, 8192, (16,)),
+             (2, 8192, 8192, (1, 16))]
+    for bits, k, n, ms in cases:
+        ncop = max(2, min(24, (400 * 2 ** 20) // (n * k * bits // 8)))
+        pws = [random_packed(n, k, bits, 128, device="cuda", seed=i)[0] for i in range(ncop)]
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            res = _time_cfgs(rows, f"tcpack W{bits} {k}x{n} M={m}", x, pws, "gemv_tc", gemv_tc.candidates(n, pws[0]))
+            best = {pk: next(((round(us, 2), c) for us, c, _ in res if c.get("PACK", 8) == pk), None) for pk in (8, 16)}
+            auto = _rot_us(lambda pw: weight_only_linear(x, pw), pws)
+            summary.append(f"tcpack W{bits} {k}x{n} M={m}: PACK=8 {best[8]} | PACK=16 {best[16]} | "
+                           f"dispatch (tuned) {auto:.2f} us")
+        del pws
+        torch.cuda.empty_cache()
+
+
 def part_pdl(rows, summary):
     """W4 M=1 decode shapes: the tuned GEMV alone and after an RMS-norm kernel (a decode step's pattern),
     rotating copies in one CUDA graph, without and with programmatic dependent launch (weight_only.USE_PDL);
@@ -617,6 +659,8 @@ def main() -> int:
             part_v3grid(rows, summary, bits=2)
         elif name == "tc":
             part_tc(rows, summary)
+        elif name == "tcpack":
+            part_tcpack(rows, summary)
         elif name == "tcsv":
             part_tcsv(rows, summary)
         elif name == "tccheck":

@@ -138,3 +138,39 @@ def test_tuner_margin_keeps_the_established_path(monkeypatch):
     assert pick("m5", 0.05) == {"p": "old"}  # 3% faster is within the margin
     times["a"] = 90.0
     assert pick("m5b", 0.05) == {"p": "a"}  # 10% faster wins
+
+
+def test_padded_small_m_tunes_gemm_against_dequant(monkeypatch):
+    """3-bit groups at GEMV_MAX_M < M < DEQUANT_MIN_M: the tuner is offered dequant + matmul next to the fused
+    GEMM's configs, and whichever it picks computes the reference result (CPU: both branches run here)."""
+    from kernels import weight_only as W
+    pw, *_ = random_packed(24, 256, 3, 128, seed=3, fractional_zero=True)
+    x = torch.randn(9, 256, generator=torch.Generator().manual_seed(1))
+    r = R.weight_only_linear(x, pw)
+    seen = {}
+
+    def fake_tuned(name, key, fixed, default, candidates, launch, **kw):
+        seen["name"], seen["paths"] = name, [c["path"] for c in candidates]
+        return next(c for c in candidates if c["path"] == seen["pick"])
+
+    monkeypatch.setattr(W, "tuned", fake_tuned)
+    key = (9, 24, 256, 3, 128, str(x.dtype))
+    for pick in ("dequant", "gemm"):
+        seen["pick"] = pick
+        y = W._run_gemm_or_dequant(x, pw, None, key, 9)
+        assert ((y - r).norm() / r.norm()).item() < 1e-5, pick
+    assert seen["name"] == "gemm_or_dequant" and seen["paths"][0] == "dequant" and "gemm" in seen["paths"]
+
+
+@pytest.mark.gpu
+def test_padded_small_m_dispatch_on_gpu():
+    """W3 at 5 <= M < 32 through the tuned choice (fused GEMM or dequant + matmul) vs the reference."""
+    from kernels._tuning import interpreting
+    if interpreting() or not torch.cuda.is_available():
+        pytest.skip("needs CUDA with TRITON_INTERPRET=0")
+    pw, *_ = random_packed(256, 1024, 3, 128, device="cuda", seed=11, fractional_zero=True)
+    for m in (8, 16, 31):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.float16)
+        y = weight_only_linear(x, pw).float()
+        r = R.weight_only_linear(x, pw).float()
+        assert ((y - r).norm() / r.norm()).item() < 3e-3, m
