@@ -4,6 +4,9 @@ The interpreter cannot run inline PTX, so these tests execute the generated inst
 with an emulator of the handful of instructions they use (shr, lop3, f16x2 / bf16x2 sub, mul,
 fma and add with one rounding, the f32 epilogue) and compare with exact integer / float64
 references: the pair plan's in-place extraction and 2^-off centring must give exactly q - c.
+The tensor-core GEMV's warp-collective block runs on 32 emulated lanes in lock step, with
+``mma.sync`` done from the PTX ISA's fragment layouts, against a float64 reference for every
+output register (one and two 16-row blocks per call; a swapped operand is caught).
 """
 import re
 
@@ -203,3 +206,112 @@ def test_wgmma_pair_asm_exact(bf16):
                 if bf16:
                     want = _to_half(_from_float(want, True), True)
                 assert _to_half(out[f"${e}"], bf16) == want, (hex(word), t, e)
+
+
+def _mma_warp(lanes: list, line: str) -> None:
+    """mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 on the 32 lanes' registers (PTX ISA fragment
+    layouts, lane = 4g + t): A a0 (row g, k 2t..2t+1), a1 (row g+8, same k), a2 (row g, k 2t+8..2t+9),
+    a3 (row g+8, same k); B b0 (k 2t..2t+1, col g), b1 (k 2t+8..2t+9, col g); C / D d0..d3 = (g, 2t),
+    (g, 2t+1), (g+8, 2t), (g+8, 2t+1). Products and sums in float64, D rounded to fp32."""
+    groups = re.findall(r"\{([^}]*)\}", line)
+    d, a, b, c = ([t.strip() for t in grp.split(",")] for grp in groups)
+    amat, bmat, cmat = np.zeros((16, 16)), np.zeros((16, 8)), np.zeros((16, 8))
+    for lane, emu in enumerate(lanes):
+        g, t = divmod(lane, 4)
+        for reg, row, k0 in ((a[0], g, 2 * t), (a[1], g + 8, 2 * t), (a[2], g, 2 * t + 8), (a[3], g + 8, 2 * t + 8)):
+            amat[row, k0:k0 + 2] = emu.half2(reg, False)
+        for reg, k0 in ((b[0], 2 * t), (b[1], 2 * t + 8)):
+            bmat[k0:k0 + 2, g] = emu.half2(reg, False)
+        for reg, row, col in zip(c, (g, g, g + 8, g + 8), (2 * t, 2 * t + 1, 2 * t, 2 * t + 1)):
+            cmat[row, col] = emu.val(reg)
+    dmat = amat @ bmat + cmat
+    for lane, emu in enumerate(lanes):
+        g, t = divmod(lane, 4)
+        for reg, row, col in zip(d, (g, g, g + 8, g + 8), (2 * t, 2 * t + 1, 2 * t, 2 * t + 1)):
+            emu.r[reg] = _f32(dmat[row, col])
+
+
+def _run_warp(asm: str, lane_ops: list[dict], mem: dict) -> list[dict]:
+    """Run a warp-collective PTX block on 32 emulated lanes in lock step; ``mem`` maps 4-byte-aligned
+    addresses to b32 values for ``ld.global.nc.v4.b32``."""
+    lanes = [Emu(ops) for ops in lane_ops]
+    for line in asm.splitlines():
+        s = line.strip().rstrip(";")
+        if s in ("{", "}") or s.startswith(".reg"):
+            continue
+        if s.startswith("mma.sync"):
+            _mma_warp(lanes, s)
+        elif m := re.fullmatch(r"ld\.global\.nc\.v4\.b32 \{(\w+), (\w+), (\w+), (\w+)\}, \[(\$\d+)(?:\+(\d+))?\]", s):
+            for emu in lanes:
+                addr = emu.val(m.group(5)) + int(m.group(6) or 0)
+                for i in range(4):
+                    emu.r[m.group(1 + i)] = mem[addr + 4 * i]
+        else:
+            for emu in lanes:
+                emu.run(s)
+    return [emu.r for emu in lanes]
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("hi", [False, True])
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_mma_words_asm_warp_exact(bits, hi, blocks, mutate=lambda asm: asm):
+    """The tensor-core GEMV's warp-collective block (kernels/gemv_tc.py, fp16, scales a step ahead) run on
+    32 emulated lanes: every output register of every block is C + sum over the 16-word step of
+    fp16((q - c) * s - sz) * x for the (row, token) the kernel's layout contract assigns to it. With
+    blocks=2 both blocks use the one x fragment load; their words, scales and accumulators must not mix."""
+    p = values_per_word(bits)
+    cols = 16 * p  # input columns of the 16-word step
+    nb = 8 * blocks
+    rows = 16 * blocks
+    gen = torch.Generator().manual_seed(bits * 10 + blocks + 4 * hi)
+    codes = torch.randint(0, 2 ** bits, (rows, cols), generator=gen, dtype=torch.uint8)
+    qw = pack(codes, torch.ones(rows, 1), torch.zeros(rows, 1), bits, cols).qweight  # [rows, 16] words
+    words = [[int(w) & 0xFFFFFFFF for w in r] for r in qw.tolist()]
+    s = (torch.rand(rows, generator=gen) * 0.02 + 0.005).half()
+    sz = ((torch.rand(rows, generator=gen) - 0.5) * 0.1).half()
+    x = (torch.randn(16, cols, generator=gen)).half()  # 16 tokens
+    xbits = x.view(torch.int16).to(torch.int64) & 0xFFFF
+    base = [0x10000 * (n + 1) for n in range(16)]  # token n's x at base[n] + 2 * column
+    mem = {base[n] + 4 * i: int(xbits[n, 2 * i]) | int(xbits[n, 2 * i + 1]) << 16 for n in range(16)
+           for i in range(cols // 2)}
+    acc_in = torch.randn(32, nb, generator=gen).tolist()
+    sv = [int(s.view(torch.int16)[r]) & 0xFFFF | (int(sz.view(torch.int16)[r]) & 0xFFFF) << 16 for r in range(rows)]
+    asm = mutate(_asm.mma_words_asm(bits, False, hi, True, blocks))
+    ops = []
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        o = {}
+        for b in range(blocks):
+            for row in range(2):
+                r = 16 * b + g + 8 * row
+                for j in range(4):
+                    o[f"${nb + 8 * b + 4 * row + j}"] = words[r][4 * t + j]
+                o[f"${3 * nb + nb * (2 if hi else 1) + 8 * b + 4 * row}"] = sv[r]
+            for i in range(8):
+                o[f"${2 * nb + 8 * b + i}"] = _f32(acc_in[lane][8 * b + i])
+        for i in range(nb):  # x address copies (first used): token g (and g + 8), the lane's first column
+            o[f"${3 * nb + i}"] = base[g] + 2 * 4 * p * t
+            if hi:
+                o[f"${4 * nb + i}"] = base[g + 8] + 2 * 4 * p * t
+        ops.append(o)
+    out = _run_warp(asm, ops, mem)
+    c = 2 ** (bits - 1)
+    w = torch.tensor([[float(np.float16((int(codes[r, k]) - c) * float(s[r]) - float(sz[r]))) for k in range(cols)]
+                      for r in range(rows)], dtype=torch.float64)
+    ref = w @ x.double().T  # [rows, tokens]
+    bound = w.abs() @ x.double().abs().T  # the scale of the sum: the fp32 roundings are relative to it
+    worst = 0.0
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        for b in range(blocks):
+            for half in range(2 if hi else 1):
+                for i in range(4):
+                    r, n = 16 * b + g + 8 * (i // 2), 8 * half + 2 * t + i % 2
+                    want = ref[r, n].item() + _f32(acc_in[lane][8 * b + 4 * half + i])
+                    got = out[lane][f"${8 * b + 4 * half + i}"]
+                    worst = max(worst, abs(got - want) / (bound[r, n].item() + abs(want)))
+            if not hi:  # tokens 8-15 pass through
+                for i in range(4):
+                    assert out[lane][f"${8 * b + 4 + i}"] == _f32(acc_in[lane][8 * b + 4 + i])
+    assert worst < 2e-6, worst  # a few fp32 roundings of the running sums; a wrong operand gives ~1
