@@ -361,5 +361,3 @@ def scale_pair_asm(blocks: int = 1) -> str:
     lines.append("}")
     return "\n".join(lines)
 
-
-SCALE_PAIR_ASM = scale_pair_asm(1)

@@ -29,7 +29,7 @@ call that loads the x fragments once for both (half the x traffic through L1; th
 NOTES.md run 9: 8192x28672 M=16 86.5 -> 62.2 us, other shapes within 2-7%, so the tuner chooses).
 U unrolled steps per iteration have independent accumulators; PREFETCH loads the next
 iteration's words (and, with SV, each row's (scale | szero) pair through a small PTX load
-block, ``_asm.SCALE_PAIR_ASM``) before this iteration's MMAs.
+block, ``_asm.scale_pair_asm``) before this iteration's MMAs.
 
 Under TRITON_INTERPRET=1 (no PTX) the same tiling, K parts and output mapping run with plain
 integer ops that compute each element's (token, row) dot directly. SPLIT_K > 1 accumulates
