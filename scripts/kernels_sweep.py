@@ -72,6 +72,31 @@ def check_case(rows, label, pw, x, b, path, cfg, tol) -> bool:
     return ok
 
 
+TOL = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+TC_LAYOUTS = ((32, 256), (64, 640), (128, 1024), (None, 512), (128, 4096))  # (group, K)
+
+
+def _check_grid(rows, tag, path, asm_ok, bits_list, layouts, m_cfgs, device="cuda"):
+    """GPU correctness grid shared by the GEMV parts: for each bits, (group, K) layout (group None:
+    per channel), activation dtype and (M, config), one ``check_case`` vs the fp32 reference, skipping
+    inputs ``asm_ok(pw, x)`` rejects. Returns (failures, cases)."""
+    bad = n_cases = 0
+    for bits in bits_list:
+        for g, k in layouts:
+            g = g or k
+            pw, *_ = random_packed(200, k, bits, g, device=device, seed=bits + k, fractional_zero=True)
+            for dtype in (torch.float16, torch.bfloat16):
+                for m, cfg in m_cfgs:
+                    x = torch.randn(m, k, device=device, dtype=dtype)
+                    b = torch.randn(200, device=device, dtype=dtype)
+                    if not asm_ok(pw, x):
+                        continue
+                    n_cases += 1
+                    bad += not check_case(rows, f"{tag} w{bits} g{g} K={k} {dtype} M={m} {cfg}", pw, x, b, path,
+                                          cfg, TOL[dtype])
+    return bad, n_cases
+
+
 def part_check(rows, summary):
     """Correctness of the MMA kernel (PTX dequant) on the GPU, then the old check script."""
     os.environ["BITSWEEP_TUNE"] = "0"
@@ -355,24 +380,13 @@ def part_v3(rows, summary, timing=True):
     """GEMV v3 (kernels/gemv3.py): GPU correctness grid, then v3 configs vs v2 vs torch (rotating timer)."""
     from kernels import gemv3
     os.environ["BITSWEEP_TUNE"] = "0"
-    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
-    bad = 0
-    for bits in (2, 3, 4):
-        for g, k in ((32, 256), (64, 640), (128, 1024), (None, 512), (None, 1000)):
-            g = g or k
-            pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
-            for dtype in (torch.float16, torch.bfloat16):
-                for m, cfg in ((1, dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=True)),
-                               (1, dict(BLOCK_N=16, TILE_W=64, SPLIT_K=2, num_warps=4, EVICT=True, PREFETCH=True)),
-                               (1, dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, PACK=1)),
-                               (1, dict(BLOCK_N=4, TILE_W=256, SPLIT_K=3, num_warps=4, PACK=2, PREFETCH=True)),
-                               (3, dict(BLOCK_N=4, TILE_W=256, SPLIT_K=1, num_warps=2, EVICT=False))):
-                    x = torch.randn(m, k, device="cuda", dtype=dtype)
-                    b = torch.randn(200, device="cuda", dtype=dtype)
-                    if not gemv3.asm_ok(pw, x):
-                        continue
-                    bad += not check_case(rows, f"v3 w{bits} g{g} K={k} {dtype} M={m} {cfg}", pw, x, b, "gemv3",
-                                          cfg, tol[dtype])
+    bad, _ = _check_grid(
+        rows, "v3", "gemv3", gemv3.asm_ok, (2, 3, 4), ((32, 256), (64, 640), (128, 1024), (None, 512), (None, 1000)),
+        ((1, dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=True)),
+         (1, dict(BLOCK_N=16, TILE_W=64, SPLIT_K=2, num_warps=4, EVICT=True, PREFETCH=True)),
+         (1, dict(BLOCK_N=8, TILE_W=128, SPLIT_K=1, num_warps=4, PACK=1)),
+         (1, dict(BLOCK_N=4, TILE_W=256, SPLIT_K=3, num_warps=4, PACK=2, PREFETCH=True)),
+         (3, dict(BLOCK_N=4, TILE_W=256, SPLIT_K=1, num_warps=2, EVICT=False))))
     summary.append(f"v3 check failures: {bad}")
     os.environ["BITSWEEP_TUNE"] = "1"
     if not timing:
@@ -406,25 +420,13 @@ def part_tc(rows, summary, timing=True):
     """Tensor-core GEMV (kernels/gemv_tc.py): GPU correctness grid, then configs vs v3 / MMA / torch at M=1..16."""
     from kernels import gemv_tc
     os.environ["BITSWEEP_TUNE"] = "0"
-    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
-    bad = n_cases = 0
-    for bits in (2, 4, 8):
-        for g, k in ((32, 256), (64, 640), (128, 1024), (None, 512), (128, 4096)):
-            g = g or k
-            pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
-            for dtype in (torch.float16, torch.bfloat16):
-                for m, cfg in ((1, dict(BLOCK_N=64, KS=4, U=4, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)),
-                               (5, dict(BLOCK_N=32, SPLIT_K=2, num_warps=2, EVICT=True)),
-                               (16, dict(BLOCK_N=128, KS=4, U=2, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)),
-                               (9, dict(BLOCK_N=128, KS=2, U=4, SPLIT_K=3, num_warps=4, PREFETCH=True)),
-                               (37, dict(BLOCK_N=128, KS=8, U=1, SPLIT_K=1, num_warps=8, EVICT=True, PREFETCH=True))):
-                    x = torch.randn(m, k, device="cuda", dtype=dtype)
-                    b = torch.randn(200, device="cuda", dtype=dtype)
-                    if not gemv_tc.asm_ok(pw, x):
-                        continue
-                    n_cases += 1
-                    bad += not check_case(rows, f"tc w{bits} g{g} K={k} {dtype} M={m} {cfg}", pw, x, b, "gemv_tc",
-                                          cfg, tol[dtype])
+    bad, n_cases = _check_grid(
+        rows, "tc", "gemv_tc", gemv_tc.asm_ok, (2, 4, 8), TC_LAYOUTS,
+        ((1, dict(BLOCK_N=64, KS=4, U=4, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)),
+         (5, dict(BLOCK_N=32, SPLIT_K=2, num_warps=2, EVICT=True)),
+         (16, dict(BLOCK_N=128, KS=4, U=2, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)),
+         (9, dict(BLOCK_N=128, KS=2, U=4, SPLIT_K=3, num_warps=4, PREFETCH=True)),
+         (37, dict(BLOCK_N=128, KS=8, U=1, SPLIT_K=1, num_warps=8, EVICT=True, PREFETCH=True))))
     summary.append(f"tc check failures: {bad} of {n_cases}")
     os.environ["BITSWEEP_TUNE"] = "1"
     if not timing:
@@ -502,26 +504,13 @@ def part_tcpack(rows, summary):
     GPU correctness grid, then every candidate timed (rotating copies), the best PACK=8 vs the best
     PACK=16, at M = 1 and 16 (NOTES.md run 9)."""
     from kernels import gemv_tc
-    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
-    bad = n_cases = 0
-    for bits in (2, 4, 8):
-        for g, k in ((32, 256), (64, 640), (128, 1024), (None, 512), (128, 4096)):
-            g = g or k
-            pw, *_ = random_packed(200, k, bits, g, device="cuda", seed=bits + k, fractional_zero=True)
-            for dtype in (torch.float16, torch.bfloat16):
-                for m, cfg in ((1, dict(BLOCK_N=128, KS=4, U=2, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True,
-                                        PACK=16)),
-                               (16, dict(BLOCK_N=256, KS=8, U=4, SPLIT_K=1, num_warps=8, PREFETCH=True, PACK=16)),
-                               (9, dict(BLOCK_N=128, KS=2, U=2, SPLIT_K=3, num_warps=2, PACK=16, SV=False)),
-                               (16, dict(BLOCK_N=128, KS=1, U=1, SPLIT_K=1, num_warps=4, PACK=16)),
-                               (5, dict(BLOCK_N=64, KS=2, U=2, SPLIT_K=1, num_warps=2, PREFETCH=True, PACK=16))):
-                    x = torch.randn(m, k, device="cuda", dtype=dtype)
-                    b = torch.randn(200, device="cuda", dtype=dtype)
-                    if not gemv_tc.asm_ok(pw, x):
-                        continue
-                    n_cases += 1
-                    bad += not check_case(rows, f"tcpack w{bits} g{g} K={k} {dtype} M={m} {cfg}", pw, x, b,
-                                          "gemv_tc", cfg, tol[dtype])
+    bad, n_cases = _check_grid(
+        rows, "tcpack", "gemv_tc", gemv_tc.asm_ok, (2, 4, 8), TC_LAYOUTS,
+        ((1, dict(BLOCK_N=128, KS=4, U=2, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True, PACK=16)),
+         (16, dict(BLOCK_N=256, KS=8, U=4, SPLIT_K=1, num_warps=8, PREFETCH=True, PACK=16)),
+         (9, dict(BLOCK_N=128, KS=2, U=2, SPLIT_K=3, num_warps=2, PACK=16, SV=False)),
+         (16, dict(BLOCK_N=128, KS=1, U=1, SPLIT_K=1, num_warps=4, PACK=16)),
+         (5, dict(BLOCK_N=64, KS=2, U=2, SPLIT_K=1, num_warps=2, PREFETCH=True, PACK=16))))
     summary.append(f"tcpack check failures: {bad} of {n_cases}")
     cases = [(4, 8192, 8192, (1, 16)), (4, 4096, 4096, (16,)), (4, 8192, 28672, (16,)), (4, 28672, 8192, (16,)),
              (2, 8192, 8192, (1, 16))]
