@@ -558,7 +558,7 @@ def weight_only_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | N
         if not _wgmma.supported(pw, x2):
             raise KernelInputError("path='wgmma' needs a 4-bit layout with N % 64 == 0, K % 128 == 0 and fp16/bf16 "
                                    "x on a compute capability 9.x GPU (kernels/wo_wgmma.py)")
-        y = _run_wgmma(x2, pw, bias, config or _wgmma.default_config(m))
+        y = _run_wgmma(x2, pw, bias, config or _wgmma.default_config(m, pw.out_features))
     elif on_gpu and auto:  # dequant (or the fused wgmma GEMM where the tuner found it faster)
         y = _run_large_m(x2, pw, bias, key, m)
     else:  # dequant

@@ -27,10 +27,11 @@ lanes; ``_word_layout``), one PTX block per element extracts pair t (shift 4t, `
 fp16 magic number, exact centring, one ``fma`` with scale / -szero) into two fp16, and
 ``join`` + ``reshape`` give exactly the [BN, 64] A-operand layout: the final
 ``convert_layout(..., assert_trivial=True)`` is checked at compile time to move no data.
-U steps per loop iteration: step k + 1 is dequantized while wgmma k runs, and each wgmma is
-waited for before its A registers can be reused (an overlap across the loop's back edge let
-the next dequant overwrite registers an in-flight wgmma was reading; tests/test_kernels_wgmma.py
-checks the SASS for that hazard). Scales are loaded one iteration ahead.
+The K loop keeps the previous step's wgmma in flight while it dequantizes the next step
+(``wait(1)`` after each issue, ``_mainloop``); tests/test_kernels_wgmma.py checks the SASS for
+the overlap and for writes to an in-flight A register (the run-8 hazard). Scales are loaded one
+iteration ahead. ``WS``: a warp-specialized variant whose one-warp load partition issues the TMA
+loads (``_wgmma_ws_kernel``); the tuner has both.
 """
 from __future__ import annotations
 
@@ -58,18 +59,18 @@ BN_MIN = 64  # weight rows per program: 16 per warp, 4 or 8 warps
 
 
 def _dequant_pair_asm(bf16: bool) -> str:
-    """PTX: ($0, $1) = the two values of pair ``$3 / 4`` of word $2, dequantized: (q - 8) * $4 - $5 (fp16 math,
-    one rounding; bf16: then rounded once to bf16). Operands: =h, =h, r word, r shift (4 * pair), h scale,
-    h szero."""
-    lines = ["{", ".reg .b32 h, t, s2, z2, c;", ".reg .b16 nz;", "shr.b32 t, $2, $3;", "mov.b32 c, 0x64086408;",
+    """PTX: $0 = the two values of pair ``$2 / 4`` of word $1, dequantized: (q - 8) * $3 - $4 (fp16 math, one
+    rounding; bf16: then rounded once to bf16), packed as one b32 (slot 2t low, 2t + 1 high: the A-operand
+    register). Operands: =r, r word, r shift (4 * pair), h scale, h szero."""
+    lines = ["{", ".reg .b32 h, t, s2, z2, c;", ".reg .b16 nz;", "shr.b32 t, $1, $2;", "mov.b32 c, 0x64086408;",
              "lop3.b32 h, t, 0x000F000F, 0x64006400, 0xEA;",  # (t & mask) | magic: half2(1024 + q)
              "sub.f16x2 h, h, c;",  # - half2(1032, 1032): q - 8, exact
-             "neg.f16 nz, $5;", "mov.b32 s2, {$4, $4};", "mov.b32 z2, {nz, nz};",
+             "neg.f16 nz, $4;", "mov.b32 s2, {$3, $3};", "mov.b32 z2, {nz, nz};",
              "fma.rn.f16x2 h, h, s2, z2;"]
     if bf16:
         lines += [".reg .b16 lo, hi;", ".reg .f32 a, b;", "mov.b32 {lo, hi}, h;", "cvt.f32.f16 a, lo;",
                   "cvt.f32.f16 b, hi;", "cvt.rn.bf16x2.f32 h, b, a;"]
-    lines += ["mov.b32 {$0, $1}, h;", "}"]
+    lines += ["mov.b32 $0, h;", "}"]
     return "\n".join(lines)
 
 
@@ -102,10 +103,12 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _dequant_a(q, s, z, shift, a_layout: gl.constexpr, ASM: gl.constexpr, OUT_DTYPE: gl.constexpr):
-        """[BN, 8, 1] words (broadcast over the pair axis) -> [BN, 64] A operand in ``a_layout`` (no data
-        movement: checked at compile time); s, z broadcast."""
-        lo, hi = gl.inline_asm_elementwise(ASM, "=h,=h,r,r,h,h", [q, shift, s, z], dtype=(gl.int16, gl.int16),
-                                           is_pure=True, pack=1)
+        """[BN, 8, 1] words (broadcast over the pair axis) -> A operand [BN, 64] in ``a_layout``. No data
+        movement: the packed halves are split and re-joined (LLVM folds it back to the packed registers) and
+        the layout change is checked at compile time to be trivial."""
+        v = gl.inline_asm_elementwise(ASM, "=r,r,r,h,h", [q, shift, s, z], dtype=gl.int32, is_pure=True, pack=1)
+        lo = v.to(gl.int16)
+        hi = (v >> 16).to(gl.int16)
         w = gl.reshape(gl.join(lo, hi), [shift.shape[0], 64]).to(OUT_DTYPE, bitcast=True)  # column 8c + 2t + e
         return gl.convert_layout(w, a_layout, assert_trivial=True)
 
@@ -120,29 +123,42 @@ if HAVE_GLUON:
         _tma_load(w_desc, [off_n, j * 8], bars.index(js), w_smem.index(js), pred=pred)
 
     @gluon.jit
-    def _step_a(w_smem, bars, k, s, z, shift, a_layout: gl.constexpr, ASM: gl.constexpr, dtype: gl.constexpr,
-                STAGES: gl.constexpr, L3: gl.constexpr):
-        """Wait for K step k's tiles, then dequantize its words into the A operand [BN, 64]."""
+    def _load_q(w_smem, bars, k, STAGES: gl.constexpr, L3: gl.constexpr):
+        """Wait for K step k's tiles, then load its words [BN, 8, 1] (broadcast over the pair axis)."""
         st = k % STAGES
         mbarrier.wait(bars.index(st), (k // STAGES) & 1)
-        q = gl.expand_dims(w_smem.index(st).load(gl.SliceLayout(2, L3)), 2)
-        return _dequant_a(q, s, z, shift, a_layout, ASM, dtype)
+        return gl.expand_dims(w_smem.index(st).load(gl.SliceLayout(2, L3)), 2)
 
     @gluon.jit
-    def _wgmma_kernel(x_desc, w_desc, s_ptr, sz_ptr, out_ptr, bias_ptr, M, N, KW, G, stride_om,
-                      BM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
-                      ASM: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, U: gl.constexpr):
-        BK_: gl.constexpr = 64
-        BN_: gl.constexpr = 16 * WARPS
-        dtype: gl.constexpr = x_desc.dtype
-        num_m = gl.cdiv(M, BM)
-        pid = gl.program_id(0)
-        pid_m = pid % num_m  # the programs sharing one weight tile run together (one HBM read)
-        pid_n = pid // num_m
-        off_m = pid_m * BM
-        off_n = pid_n * BN_
-        n_k = KW // 8
+    def _release(x_desc, w_desc, x_smem, w_smem, bars, empty, off_m, off_n, k, n_k, STAGES: gl.constexpr,
+                 nbytes: gl.constexpr, WS: gl.constexpr, pred=True):
+        """Step k's stage is free (its wgmma was waited for): WS signals the load partition (Gluon's arrive
+        syncs the partition's warps first, then one thread arrives); else this program refills it with
+        step k + STAGES itself."""
+        if WS:
+            mbarrier.arrive(empty.index(k % STAGES), count=1, pred=pred)
+        else:
+            _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, gl.where(pred, k + STAGES, n_k), n_k, STAGES,
+                    nbytes)
 
+    @gluon.jit
+    def _mainloop(x_desc, w_desc, x_smem, w_smem, bars, empty, s_ptr, sz_ptr, off_m, off_n, n_k, G,
+                  BM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, ASM: gl.constexpr,
+                  L3: gl.constexpr, WARPS: gl.constexpr, U: gl.constexpr, WS: gl.constexpr):
+        """acc [BN, BM] fp32 (mma layout) of the program's tile over all n_k K steps.
+
+        Pipelined with one wgmma in flight behind the one just issued: per step k, dequantize step k (its words
+        were loaded from shared memory a step ahead) while wgmma k - 1 runs, issue wgmma k (it queues behind
+        k - 1 on the same accumulator), then ``wait(1)``: wgmma k - 1 has retired, so its A registers may be
+        reused and its stage released. The run-8 loop waited for every wgmma (``wait(0)``) before the next
+        step's dequant, and ptxas then placed every dequant after that wait: the tensor core idled through
+        each dequant (SASS; ncu: 58-68% tensor pipe; NOTES.md run 10). tests/test_kernels_wgmma.py checks in
+        the SASS that every dequant fma runs with a wgmma group in flight and none writes an in-flight A
+        register. U steps per iteration share one scale prefetch (n_k % U == 0)."""
+        BN_: gl.constexpr = 16 * WARPS
+        gl.assume(n_k >= 2)  # K % 128 == 0 (supported): no zero-trip path around the loop for ptxas to see
+        dtype: gl.constexpr = x_smem.dtype
+        nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                             instr_shape=[16, BM, 16])
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
@@ -150,20 +166,6 @@ if HAVE_GLUON:
         t3 = gl.expand_dims(gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3))), 0), 1)
         shift = gl.full([BN_, 8, 4], 0, gl.int32, L3) + t3 * 4
 
-        x_smem = gl.allocate_shared_memory(dtype, [STAGES, BM, BK_], x_desc.layout)
-        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BN_, 8], w_desc.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(bars.index(i), count=1)
-        nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
-        for i in gl.static_range(STAGES):
-            _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, i, n_k, STAGES, nbytes)
-
-        # U K steps per iteration (n_k % U == 0): the dequant of step k + 1 runs while step k's wgmma does;
-        # each wgmma is waited for (wait(0)) right after that dequant, before its A registers could be
-        # reused: wgmma reads a register A operand asynchronously and the compiler does not know (an
-        # overlap across the loop's back edge gave wrong sums; keeping it alive through the next
-        # iteration made ptxas serialize every wgmma)
         s0n, z0n = _load_scales(s_ptr, sz_ptr, rows1, 0, G, GROUP, L3)
         s1n, z1n = _load_scales(s_ptr, sz_ptr, rows1, 1, G, GROUP, L3)
         s2n, z2n = s1n, z1n
@@ -172,6 +174,8 @@ if HAVE_GLUON:
             s2n, z2n = _load_scales(s_ptr, sz_ptr, rows1, 2, G, GROUP, L3)
             s3n, z3n = _load_scales(s_ptr, sz_ptr, rows1, 3, G, GROUP, L3)
         acc = gl.zeros([BN_, BM], gl.float32, mma_layout)
+        a_p = gl.zeros([BN_, 64], dtype, a_layout)  # the previous step's A operand
+        q = _load_q(w_smem, bars, 0, STAGES, L3)
         for i in range(0, n_k, U):
             s0, z0, s1, z1, s2, z2, s3, z3 = s0n, z0n, s1n, z1n, s2n, z2n, s3n, z3n
             last = n_k - 1
@@ -180,26 +184,34 @@ if HAVE_GLUON:
             if U == 4:
                 s2n, z2n = _load_scales(s_ptr, sz_ptr, rows1, gl.minimum(i + U + 2, last), G, GROUP, L3)
                 s3n, z3n = _load_scales(s_ptr, sz_ptr, rows1, gl.minimum(i + U + 3, last), G, GROUP, L3)
-            a = _step_a(w_smem, bars, i, s0, z0, shift, a_layout, ASM, dtype, STAGES, L3)
-            acc = warpgroup_mma(a, x_smem.index(i % STAGES).permute((1, 0)), acc, is_async=True)
-            for u in gl.static_range(1, U):
-                if u == 1:
+            for u in gl.static_range(U):
+                if u == 0:
+                    s, z = s0, z0
+                elif u == 1:
                     s, z = s1, z1
                 elif u == 2:
                     s, z = s2, z2
                 else:
                     s, z = s3, z3
                 k = i + u
-                a_next = _step_a(w_smem, bars, k, s, z, shift, a_layout, ASM, dtype, STAGES, L3)
-                acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
-                _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, k - 1 + STAGES, n_k, STAGES, nbytes)
-                acc = warpgroup_mma(a_next, x_smem.index(k % STAGES).permute((1, 0)), acc, is_async=True)
-                a = a_next
-            acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
-            _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, i + U - 1 + STAGES, n_k, STAGES, nbytes)
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(bars.index(i))
+                # step k's dequant runs while step k - 1's wgmma does; its words were loaded a step ahead
+                a = _dequant_a(q, s, z, shift, a_layout, ASM, dtype)
+                q = _load_q(w_smem, bars, gl.minimum(k + 1, last), STAGES, L3)  # the last step re-reads its own
+                acc = warpgroup_mma(a, x_smem.index(k % STAGES).permute((1, 0)), acc, is_async=True)
+                # wgmma k - 1 done (k queued behind it on the same accumulator): its A registers and stage are free
+                acc, a_p = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_p))
+                _release(x_desc, w_desc, x_smem, w_smem, bars, empty, off_m, off_n, k - 1, n_k, STAGES, nbytes, WS,
+                         pred=k > 0)
+                a_p = a
+        acc, a_p = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_p))
+        _release(x_desc, w_desc, x_smem, w_smem, bars, empty, off_m, off_n, n_k - 1, n_k, STAGES, nbytes, WS)
+        return acc
 
+    @gluon.jit
+    def _epilogue(acc, out_ptr, bias_ptr, off_m, off_n, M, N, stride_om, BM: gl.constexpr, HAS_BIAS: gl.constexpr,
+                  WARPS: gl.constexpr):
+        """out[off_m:, off_n:] = acc^T (+ bias), masked to M x N, in out's dtype."""
+        BN_: gl.constexpr = 16 * WARPS
         out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[BN_ // 8, 32 // (BN_ // 8)],
                                                     warps_per_cta=[1, WARPS], order=[0, 1])
         res = gl.convert_layout(acc, out_layout)
@@ -209,7 +221,80 @@ if HAVE_GLUON:
             res = res + gl.expand_dims(gl.load(bias_ptr + on).to(gl.float32), 1)
         ptrs = out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1)
         mask = (gl.expand_dims(om, 0) < M) & (gl.expand_dims(on, 1) < N)
-        gl.store(ptrs, res.to(dtype), mask=mask)
+        gl.store(ptrs, res.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @gluon.jit
+    def _tile(M, WARPS: gl.constexpr, BM: gl.constexpr):
+        """(off_m, off_n) of this program: the programs sharing one weight tile run together (one HBM read)."""
+        num_m = gl.cdiv(M, BM)
+        pid = gl.program_id(0)
+        return (pid % num_m) * BM, (pid // num_m) * (16 * WARPS)
+
+    @gluon.jit
+    def _wgmma_kernel(x_desc, w_desc, s_ptr, sz_ptr, out_ptr, bias_ptr, M, N, KW, G, stride_om,
+                      BM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
+                      ASM: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, U: gl.constexpr):
+        BK_: gl.constexpr = 64
+        BN_: gl.constexpr = 16 * WARPS
+        off_m, off_n = _tile(M, WARPS, BM)
+        n_k = KW // 8
+        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK_], x_desc.layout)
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BN_, 8], w_desc.layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+        for i in gl.static_range(STAGES):
+            _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, i, n_k, STAGES, nbytes)
+        acc = _mainloop(x_desc, w_desc, x_smem, w_smem, bars, bars, s_ptr, sz_ptr, off_m, off_n, n_k, G,
+                        BM, GROUP, STAGES, ASM, L3, WARPS, U, False)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(i))
+        _epilogue(acc, out_ptr, bias_ptr, off_m, off_n, M, N, stride_om, BM, HAS_BIAS, WARPS)
+
+    @gluon.jit
+    def _ws_load(x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, n_k, STAGES: gl.constexpr):
+        """Load partition (one warp): TMA of K step j into stage j % STAGES once the MMA partition freed it."""
+        nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
+        for j in range(n_k):
+            st = j % STAGES
+            mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+            mbarrier.expect(ready.index(st), nbytes)
+            _tma_load(x_desc, [off_m, j * 64], ready.index(st), x_smem.index(st))
+            _tma_load(w_desc, [off_n, j * 8], ready.index(st), w_smem.index(st))
+
+    @gluon.jit
+    def _ws_mma(x_desc, w_desc, x_smem, w_smem, ready, empty, s_ptr, sz_ptr, out_ptr, bias_ptr, off_m, off_n,
+                M, N, n_k, G, stride_om, BM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
+                HAS_BIAS: gl.constexpr, ASM: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, U: gl.constexpr):
+        """MMA partition (the default one, WARPS warps): dequant + wgmma over the ring, then the epilogue."""
+        acc = _mainloop(x_desc, w_desc, x_smem, w_smem, ready, empty, s_ptr, sz_ptr, off_m, off_n, n_k, G,
+                        BM, GROUP, STAGES, ASM, L3, WARPS, U, True)
+        _epilogue(acc, out_ptr, bias_ptr, off_m, off_n, M, N, stride_om, BM, HAS_BIAS, WARPS)
+
+    @gluon.jit
+    def _wgmma_ws_kernel(x_desc, w_desc, s_ptr, sz_ptr, out_ptr, bias_ptr, M, N, KW, G, stride_om,
+                         BM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
+                         ASM: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, U: gl.constexpr):
+        """Warp-specialized: a one-warp load partition issues the TMA loads, so the MMA warps never stop for
+        a CTA barrier before a refill (the non-WS kernel's 8-warp variant spent 55% of its stall cycles
+        there, ncu, NOTES.md run 10)."""
+        BK_: gl.constexpr = 64
+        BN_: gl.constexpr = 16 * WARPS
+        off_m, off_n = _tile(M, WARPS, BM)
+        n_k = KW // 8
+        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK_], x_desc.layout)
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BN_, 8], w_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        gl.warp_specialize([
+            (_ws_mma, (x_desc, w_desc, x_smem, w_smem, ready, empty, s_ptr, sz_ptr, out_ptr, bias_ptr, off_m, off_n,
+                       M, N, n_k, G, stride_om, BM, GROUP, STAGES, HAS_BIAS, ASM, L3, WARPS, U)),
+            (_ws_load, (x_desc, w_desc, x_smem, w_smem, ready, empty, off_m, off_n, n_k, STAGES)),
+        ], [1], [24])  # the load warp needs few registers; the MMA warps get the rest
 
 
 def _cc9(device: torch.device) -> bool:
@@ -230,15 +315,25 @@ def supported(pw: PackedWeight, x2: torch.Tensor) -> bool:
             and _cc9(x2.device))
 
 
-def default_config(m: int) -> dict:
-    return dict(BM=256 if m > 128 else 128, STAGES=3, WARPS=4, U=4)
+def default_config(m: int, n: int | None = None) -> dict:
+    """Untuned: 8 warps (128 weight rows) where N allows, else 4; two K steps per iteration."""
+    w8 = n is not None and n % 128 == 0
+    return dict(BM=256 if m > 128 else 128, STAGES=4 if w8 else 3, WARPS=8 if w8 else 4, U=2)
 
 
 def candidates(m: int, n: int) -> list[dict]:
-    """Tiles from the H100 probe (results/kernels/wgmma_probe_h100.json): BM = 256 tokens, 4 or 8 warps
-    (64 or 128 weight rows; 8 needs N % 128 == 0), 3 or 4 stages, 2 or 4 K steps per iteration."""
-    return [dict(BM=256, STAGES=st, WARPS=wp, U=u) for wp in (4, 8) if n % (16 * wp) == 0
-            for st in (3, 4) for u in (2, 4)]
+    """The tuner's configs (H100 probe, results/kernels/wgmma_probe10_h100.json, NOTES.md run 10): BM = 256
+    tokens, two K steps per iteration; 8 warps (128 weight rows, N % 128 == 0) with 4 or 5 stages, plain and
+    warp-specialized (WS); 4 warps (64 rows) for any N % 64 == 0; BM = 128 for small M. Four-step iterations
+    and 3 stages with 8 warps measured slower (U = 4 also needs more registers than the SM has with
+    BM = 256)."""
+    out = [dict(BM=256, STAGES=3, WARPS=4, U=2)]
+    if m <= 192:
+        out.append(dict(BM=128, STAGES=4, WARPS=8 if n % 128 == 0 else 4, U=2))
+    if n % 128 == 0:
+        out += [dict(BM=256, STAGES=st, WARPS=8, U=2) for st in (4, 5)]
+        out += [dict(BM=256, STAGES=st, WARPS=8, U=2, WS=True) for st in (4, 5)]
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -251,15 +346,25 @@ def _w_layout(bn: int):
     return gl.NVMMASharedLayout.get_default_for([bn, 8], gl.int32)
 
 
+def ws_maxnreg(warps: int) -> int:
+    """Registers per thread at launch for the warp-specialized kernel: its WARPS MMA warps plus the load
+    warp's warpgroup share the SM's 64K registers (one program per SM); the load warps give theirs up
+    (setmaxnreg), so the MMA warps get 240 with 8 warps."""
+    return min(240, 65536 // (32 * (warps + 4)) // 8 * 8)
+
+
 def wgmma_gemm(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
-    """y [M, N] = x2 [M, K] @ dequant(pw).T + bias (see the module docstring); ``supported`` must hold."""
+    """y [M, N] = x2 [M, K] @ dequant(pw).T + bias (see the module docstring); ``supported`` must hold.
+    ``cfg``: BM, STAGES, WARPS, U, and WS (warp-specialized kernel, default off)."""
     m, k = x2.shape
     n = pw.out_features
     bm, stages, warps = int(cfg["BM"]), int(cfg["STAGES"]), int(cfg.get("WARPS", 4))
+    ws = bool(cfg.get("WS", False))
     bn = 16 * warps
-    if bm not in (64, 128, 256) or not 2 <= stages <= 6 or warps not in (4, 8) or n % bn:
-        raise ValueError(f"wo_wgmma config {cfg}: BM must be 64, 128 or 256, STAGES 2..6, WARPS 4 or 8 "
-                         f"(with N % (16 * WARPS) == 0; N = {n})")
+    unknown = set(cfg) - {"BM", "STAGES", "WARPS", "U", "WS"}
+    if unknown or bm not in (64, 128, 256) or not 2 <= stages <= 6 or warps not in (4, 8) or n % bn:
+        raise ValueError(f"wo_wgmma config {cfg}: keys BM, STAGES, WARPS, U, WS; BM must be 64, 128 or 256, "
+                         f"STAGES 2..6, WARPS 4 or 8 (with N % (16 * WARPS) == 0; N = {n})")
     u = int(cfg.get("U", 4))
     if u not in (2, 4):
         raise ValueError(f"wo_wgmma config {cfg}: U must be 2 or 4")
@@ -271,9 +376,11 @@ def wgmma_gemm(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cf
     w_desc = TensorDescriptor(pw.qweight, [n, kw], [kw, 1], [bn, 8], _w_layout(bn))
     out = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
     grid = (triton.cdiv(m, bm) * (n // bn),)
-    _wgmma_kernel[grid](x_desc, w_desc, pw.scale, pw.szero, out, bias if bias is not None else out,
-                        m, n, kw, pw.num_groups, out.stride(0),
-                        BM=bm, GROUP=pw.group_size, STAGES=stages, HAS_BIAS=bias is not None,
-                        ASM=_dequant_pair_asm(bf16), L3=_word_layout(warps), WARPS=warps,
-                        U=u, num_warps=warps)
+    kernel = _wgmma_ws_kernel if ws else _wgmma_kernel
+    extra = dict(maxnreg=ws_maxnreg(warps)) if ws else {}
+    kernel[grid](x_desc, w_desc, pw.scale, pw.szero, out, bias if bias is not None else out,
+                 m, n, kw, pw.num_groups, out.stride(0),
+                 BM=bm, GROUP=pw.group_size, STAGES=stages, HAS_BIAS=bias is not None,
+                 ASM=_dequant_pair_asm(bf16), L3=_word_layout(warps), WARPS=warps,
+                 U=u, num_warps=warps, **extra)
     return out

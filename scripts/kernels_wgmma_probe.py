@@ -47,9 +47,9 @@ def check(cfgs):
     return out
 
 
-def bench(cfgs, ms):
+def bench(cfgs, ms, shapes=SHAPES):
     rows = []
-    for k, n in SHAPES:
+    for k, n in shapes:
         pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(2)]
         ws = [dequantize(p, torch.float16) for p in pws]
         for m in ms:
@@ -63,7 +63,7 @@ def bench(cfgs, ms):
                 [lambda p=p, y=y: torch.mm(x, dequantize(p, torch.float16).t(), out=y) for p, y in zip(pws, ys)],
                 n=calls, reps=5)
             for cfg in cfgs:
-                name = f"wgmma_bm{cfg['BM']}_s{cfg['STAGES']}_w{cfg['WARPS']}_u{cfg['U']}"
+                name = f"wgmma_bm{cfg['BM']}_s{cfg['STAGES']}_w{cfg['WARPS']}_u{cfg['U']}" + ("_ws" if cfg.get("WS") else "")
                 try:
                     row["us"][name] = gpu_time_rotating_us([lambda p=p: wo_wgmma.wgmma_gemm(x, p, None, cfg)
                                                             for p in pws], n=calls, reps=5)
@@ -84,11 +84,14 @@ def main():
     ap.add_argument("--m", type=int, nargs="+", default=[1024, 2048, 4096])
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--quick-check", action="store_true")
+    ap.add_argument("--cfgs", default=None, help="JSON list of configs (default: wo_wgmma.candidates)")
+    ap.add_argument("--shapes", default=None, help="K,N pairs, e.g. 8192,8192 4096,4096")
     args = ap.parse_args()
-    cfgs = wo_wgmma.candidates(1024, 1024)
+    cfgs = json.loads(args.cfgs) if args.cfgs else wo_wgmma.candidates(1024, 1024)
     res = {"meta": {"device": torch.cuda.get_device_name(), "torch": torch.__version__}}
     res["checks"] = [] if args.no_check else check(cfgs[:1] + cfgs[-1:] if args.quick_check else cfgs)
-    res["bench"] = bench(cfgs, args.m)
+    shapes = [tuple(int(v) for v in sh.split(",")) for sh in args.shapes.split()] if args.shapes else SHAPES
+    res["bench"] = bench(cfgs, args.m, shapes)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1, default=str)

@@ -199,13 +199,14 @@ def test_wgmma_pair_asm_exact(bf16):
         s = float(np.float16(rng.uniform(0.001, 0.05)))
         sz = float(np.float16(rng.uniform(-0.2, 0.2))) if i % 3 else 0.0
         for t in range(4):
-            out = Emu({"$2": word, "$3": 4 * t, "$4": _from_float(s, False), "$5": _from_float(sz, False)}).run(asm)
+            out = Emu({"$1": word, "$2": 4 * t, "$3": _from_float(s, False), "$4": _from_float(sz, False)}).run(asm)
+            packed = out["$0"]  # one b32: the A-operand register
             for e in range(2):  # slot 2t in the low half, 2t + 1 in the high half (kernels/packing.py)
                 q = (word >> (16 * e + 4 * t)) & 0xF
                 want = float(np.float16((q - 8) * s - sz))
                 if bf16:
                     want = _to_half(_from_float(want, True), True)
-                assert _to_half(out[f"${e}"], bf16) == want, (hex(word), t, e)
+                assert _to_half((packed >> (16 * e)) & 0xFFFF, bf16) == want, (hex(word), t, e)
 
 
 def _mma_warp(lanes: list, line: str) -> None:
