@@ -322,17 +322,20 @@ def default_config(m: int, n: int | None = None) -> dict:
 
 
 def candidates(m: int, n: int) -> list[dict]:
-    """The tuner's configs (H100 probe, results/kernels/wgmma_probe10_h100.json, NOTES.md run 10): BM = 256
-    tokens, two K steps per iteration; 8 warps (128 weight rows, N % 128 == 0) with 4 or 5 stages, plain and
-    warp-specialized (WS); 4 warps (64 rows) for any N % 64 == 0; BM = 128 for small M. Four-step iterations
-    and 3 stages with 8 warps measured slower (U = 4 also needs more registers than the SM has with
-    BM = 256)."""
+    """The tuner's configs (H100 probes, results/kernels/wgmma_probe10_h100.json and wgmma_probe10_m256_h100.json,
+    NOTES.md run 10): two K steps per iteration; BM = 256 tokens with 8 warps (128 weight rows, N % 128 == 0)
+    and 4 stages, plain and warp-specialized (WS), or 4 warps (64 rows, any N % 64 == 0); for M <= 384 also
+    BM = 128 (4 warps, or WS with 8), which keeps more SMs busy there. Five stages, four-step iterations and 3
+    stages with 8 warps measured slower on every bench shape at M = 1024 (U = 4 also needs more registers than
+    the SM has with BM = 256)."""
+    w8 = n % 128 == 0
     out = [dict(BM=256, STAGES=3, WARPS=4, U=2)]
-    if m <= 192:
-        out.append(dict(BM=128, STAGES=4, WARPS=8 if n % 128 == 0 else 4, U=2))
-    if n % 128 == 0:
-        out += [dict(BM=256, STAGES=st, WARPS=8, U=2) for st in (4, 5)]
-        out += [dict(BM=256, STAGES=st, WARPS=8, U=2, WS=True) for st in (4, 5)]
+    if m <= 384:
+        out.append(dict(BM=128, STAGES=4, WARPS=4, U=2))
+        if w8:
+            out.append(dict(BM=128, STAGES=4, WARPS=8, U=2, WS=True))
+    if w8:
+        out += [dict(BM=256, STAGES=4, WARPS=8, U=2), dict(BM=256, STAGES=4, WARPS=8, U=2, WS=True)]
     return out
 
 
