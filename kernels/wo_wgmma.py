@@ -135,7 +135,8 @@ if HAVE_GLUON:
         """Step k's stage is free (its wgmma was waited for): WS signals the load partition (Gluon's arrive
         syncs the partition's warps first, then one thread arrives); else this program refills it with
         step k + STAGES itself."""
-        if WS:
+        if WS:  # the words were read with generic loads: order them before the load warp's TMA rewrites the stage
+            fence_async_shared()
             mbarrier.arrive(empty.index(k % STAGES), count=1, pred=pred)
         else:
             _refill(x_desc, w_desc, x_smem, w_smem, bars, off_m, off_n, gl.where(pred, k + STAGES, n_k), n_k, STAGES,

@@ -63,7 +63,8 @@ def bench(cfgs, ms, shapes=SHAPES):
                 [lambda p=p, y=y: torch.mm(x, dequantize(p, torch.float16).t(), out=y) for p, y in zip(pws, ys)],
                 n=calls, reps=5)
             for cfg in cfgs:
-                name = f"wgmma_bm{cfg['BM']}_s{cfg['STAGES']}_w{cfg['WARPS']}_u{cfg['U']}" + ("_ws" if cfg.get("WS") else "")
+                name = (f"wgmma_bm{cfg['BM']}_s{cfg['STAGES']}_w{cfg['WARPS']}_u{cfg['U']}"
+                        + ("_ws" if cfg.get("WS") else ""))
                 try:
                     row["us"][name] = gpu_time_rotating_us([lambda p=p: wo_wgmma.wgmma_gemm(x, p, None, cfg)
                                                             for p in pws], n=calls, reps=5)

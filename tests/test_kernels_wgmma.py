@@ -112,8 +112,8 @@ def test_hazard_check_catches_a_write():
     assert _a_register_hazards(body)
     assert not _a_register_hazards([body[0], body[2], body[1]])
     # wait(1) retires only the older of two groups: writing the newer one's registers is a hazard, the older's not
-    two = ["HGMMA.64x256x16.F32 R24, R88, gdesc[UR8], R24, gsb0;", "HGMMA.64x256x16.F32 R24, R92, gdesc[UR8], R24, gsb0;",
-           "WARPGROUP.DEPBAR.LE gsb0, 0x1;"]
+    two = ["HGMMA.64x256x16.F32 R24, R88, gdesc[UR8], R24, gsb0;",
+           "HGMMA.64x256x16.F32 R24, R92, gdesc[UR8], R24, gsb0;", "WARPGROUP.DEPBAR.LE gsb0, 0x1;"]
     assert not _a_register_hazards(two + ["LOP3.LUT R90, R1, 0xf, RZ, 0xc0, !PT;"])
     assert _a_register_hazards(two + ["LOP3.LUT R93, R1, 0xf, RZ, 0xc0, !PT;"])
     # the overlap count: a dequant fma after wait(0) runs with nothing in flight, one after wait(1) does not
