@@ -232,15 +232,19 @@ if HAVE_GLUON:
         return (pid % num_m) * BM, (pid // num_m) * (16 * WARPS)
 
     @gluon.jit
+    def _ring(x_desc, w_desc, BM: gl.constexpr, STAGES: gl.constexpr, WARPS: gl.constexpr):
+        """The STAGES-deep shared-memory ring: x tiles [BM, 64] and packed words [16 * WARPS, 8] per stage."""
+        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, 64], x_desc.layout)
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, 16 * WARPS, 8], w_desc.layout)
+        return x_smem, w_smem
+
+    @gluon.jit
     def _wgmma_kernel(x_desc, w_desc, s_ptr, sz_ptr, out_ptr, bias_ptr, M, N, KW, G, stride_om,
                       BM: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
                       ASM: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, U: gl.constexpr):
-        BK_: gl.constexpr = 64
-        BN_: gl.constexpr = 16 * WARPS
         off_m, off_n = _tile(M, WARPS, BM)
         n_k = KW // 8
-        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK_], x_desc.layout)
-        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BN_, 8], w_desc.layout)
+        x_smem, w_smem = _ring(x_desc, w_desc, BM, STAGES, WARPS)
         bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(bars.index(i), count=1)
@@ -280,12 +284,9 @@ if HAVE_GLUON:
         """Warp-specialized: a one-warp load partition issues the TMA loads, so the MMA warps never stop for
         a CTA barrier before a refill (the non-WS kernel's 8-warp variant spent 55% of its stall cycles
         there, ncu, NOTES.md run 10)."""
-        BK_: gl.constexpr = 64
-        BN_: gl.constexpr = 16 * WARPS
         off_m, off_n = _tile(M, WARPS, BM)
         n_k = KW // 8
-        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BM, BK_], x_desc.layout)
-        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BN_, 8], w_desc.layout)
+        x_smem, w_smem = _ring(x_desc, w_desc, BM, STAGES, WARPS)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
