@@ -262,11 +262,8 @@ if HAVE_GLUON:
         """Load partition (one warp): TMA of K step j into stage j % STAGES once the MMA partition freed it."""
         nbytes: gl.constexpr = x_desc.block_type.nbytes + w_desc.block_type.nbytes
         for j in range(n_k):
-            st = j % STAGES
-            mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
-            mbarrier.expect(ready.index(st), nbytes)
-            _tma_load(x_desc, [off_m, j * 64], ready.index(st), x_smem.index(st))
-            _tma_load(w_desc, [off_n, j * 8], ready.index(st), w_smem.index(st))
+            mbarrier.wait(empty.index(j % STAGES), ((j // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+            _refill(x_desc, w_desc, x_smem, w_smem, ready, off_m, off_n, j, n_k, STAGES, nbytes)
 
     @gluon.jit
     def _ws_mma(x_desc, w_desc, x_smem, w_smem, ready, empty, s_ptr, sz_ptr, out_ptr, bias_ptr, off_m, off_n,
