@@ -56,6 +56,9 @@ except Exception:  # noqa: BLE001 - any import problem means: not available
 
 BK = 64  # input columns per step (8 words of 4-bit codes per row)
 BN_MIN = 64  # weight rows per program: 16 per warp, 4 or 8 warps
+# tokens per program (wgmma's N): the tuner uses 128 and 256; 8..64 work (H100 probe, M = 1 / 16,
+# results/kernels/wgmma_probe11_small_m_h100.json) but are slower than the GEMV kernels there
+BMS = (8, 16, 32, 64, 128, 256)
 
 
 def _dequant_pair_asm(bf16: bool) -> str:
@@ -364,9 +367,9 @@ def wgmma_gemm(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cf
     ws = bool(cfg.get("WS", False))
     bn = 16 * warps
     unknown = set(cfg) - {"BM", "STAGES", "WARPS", "U", "WS"}
-    if unknown or bm not in (64, 128, 256) or not 2 <= stages <= 6 or warps not in (4, 8) or n % bn:
-        raise ValueError(f"wo_wgmma config {cfg}: keys BM, STAGES, WARPS, U, WS; BM must be 64, 128 or 256, "
-                         f"STAGES 2..6, WARPS 4 or 8 (with N % (16 * WARPS) == 0; N = {n})")
+    if unknown or bm not in BMS or not 2 <= stages <= 16 or warps not in (4, 8) or n % bn:
+        raise ValueError(f"wo_wgmma config {cfg}: keys BM, STAGES, WARPS, U, WS; BM must be one of {BMS}, "
+                         f"STAGES 2..16, WARPS 4 or 8 (with N % (16 * WARPS) == 0; N = {n})")
     u = int(cfg.get("U", 4))
     if u not in (2, 4):
         raise ValueError(f"wo_wgmma config {cfg}: U must be 2 or 4")

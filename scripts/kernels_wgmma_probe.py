@@ -17,10 +17,13 @@ from kernels import wo_wgmma  # noqa: E402
 from kernels._timing import gpu_time_rotating_us  # noqa: E402
 from kernels.dequant import dequantize  # noqa: E402
 from kernels.packing import dequantize as ref_dequant, random_packed  # noqa: E402
+from kernels.weight_only import weight_only_linear  # noqa: E402
 
 CHECKS = [(1024, 512, 256, 128, torch.float16, False), (300, 1024, 384, 64, torch.float16, True),
           (77, 256, 128, 32, torch.bfloat16, False), (1000, 4096, 512, 128, torch.bfloat16, True),
-          (513, 2048, 256, 2048, torch.float16, False), (2048, 8192, 1024, 128, torch.float16, False)]
+          (513, 2048, 256, 2048, torch.float16, False), (2048, 8192, 1024, 128, torch.float16, False),
+          (1, 1024, 256, 128, torch.float16, False), (16, 2048, 512, 64, torch.bfloat16, True),
+          (5, 512, 128, 32, torch.float16, False)]
 SHAPES = [(4096, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]
 
 
@@ -47,7 +50,7 @@ def check(cfgs):
     return out
 
 
-def bench(cfgs, ms, shapes=SHAPES):
+def bench(cfgs, ms, shapes=SHAPES, dispatch=False):
     rows = []
     for k, n in shapes:
         pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(2)]
@@ -62,6 +65,11 @@ def bench(cfgs, ms, shapes=SHAPES):
             row["us"]["dequant"] = gpu_time_rotating_us(
                 [lambda p=p, y=y: torch.mm(x, dequantize(p, torch.float16).t(), out=y) for p, y in zip(pws, ys)],
                 n=calls, reps=5)
+            if dispatch:  # the current auto path (tuned once here, outside the timing)
+                for p in pws:
+                    weight_only_linear(x, p)
+                row["us"]["dispatch"] = gpu_time_rotating_us([lambda p=p: weight_only_linear(x, p) for p in pws],
+                                                             n=calls, reps=5)
             for cfg in cfgs:
                 name = (f"wgmma_bm{cfg['BM']}_s{cfg['STAGES']}_w{cfg['WARPS']}_u{cfg['U']}"
                         + ("_ws" if cfg.get("WS") else ""))
@@ -87,12 +95,13 @@ def main():
     ap.add_argument("--quick-check", action="store_true")
     ap.add_argument("--cfgs", default=None, help="JSON list of configs (default: wo_wgmma.candidates)")
     ap.add_argument("--shapes", default=None, help="K,N pairs, e.g. 8192,8192 4096,4096")
+    ap.add_argument("--dispatch", action="store_true", help="also time weight_only_linear's auto path")
     args = ap.parse_args()
     cfgs = json.loads(args.cfgs) if args.cfgs else wo_wgmma.candidates(1024, 1024)
     res = {"meta": {"device": torch.cuda.get_device_name(), "torch": torch.__version__}}
     res["checks"] = [] if args.no_check else check(cfgs[:1] + cfgs[-1:] if args.quick_check else cfgs)
     shapes = [tuple(int(v) for v in sh.split(",")) for sh in args.shapes.split()] if args.shapes else SHAPES
-    res["bench"] = bench(cfgs, args.m, shapes)
+    res["bench"] = bench(cfgs, args.m, shapes, args.dispatch)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1, default=str)

@@ -194,3 +194,15 @@ def test_wgmma_gemm_on_gpu(dtype, group):
             assert ((y - r).norm() / r.norm()).item() < tol, (m, cfg)
         y = weight_only_linear(x, pw, b).float()  # the tuner's choice (dequant or wgmma)
         assert ((y - r).norm() / r.norm()).item() < tol, m
+
+
+@pytest.mark.parametrize("cfg,needle", [(dict(BM=48, STAGES=4, WARPS=4, U=2), "BM must be one of"),
+                                        (dict(BM=16, STAGES=17, WARPS=4, U=2), "STAGES 2..16"),
+                                        (dict(BM=128, STAGES=4, WARPS=8, U=2), "N % (16 * WARPS) == 0"),
+                                        (dict(BM=128, STAGES=4, WARPS=4, U=3), "U must be 2 or 4"),
+                                        (dict(BM=128, STAGES=4, WARPS=4, U=2, BN=64), "keys BM, STAGES")])
+def test_wgmma_config_rejected_before_launch(cfg, needle):
+    """A bad config names the constraint and the valid choices before anything touches a GPU (CPU tensors)."""
+    pw = random_packed(192, 256, 4, 128, seed=0)[0]  # N = 192: not a multiple of 128
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        wo_wgmma.wgmma_gemm(torch.randn(4, 256, dtype=torch.float16), pw, None, cfg)
