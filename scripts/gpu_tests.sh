@@ -5,7 +5,8 @@
 #
 # Usage: bash scripts/gpu_tests.sh [SUMMARY_FILE] [JOBS]     (defaults: gpu_tests.txt, 12)
 # SUMMARY_FILE gets the device, versions, one line per test (exit code, test id, pytest's last line),
-# the counts, and the full log of every test that did not pass (a skip counts as not passed). Exit code 1 if any test did not pass.
+# the counts, and the full log of every test that did not pass (a skip counts as not passed).
+# Exit code 1 if any test did not pass.
 set -u
 summary=${1:-gpu_tests.txt}
 jobs=${2:-12}
