@@ -216,7 +216,8 @@ if HAVE_GLUON:
                   WARPS: gl.constexpr):
         """out[off_m:, off_n:] = acc^T (+ bias), masked to M x N, in out's dtype."""
         BN_: gl.constexpr = 16 * WARPS
-        out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[BN_ // 8, 32 // (BN_ // 8)],
+        out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1],
+                                                    threads_per_warp=[BN_ // 8, 32 // (BN_ // 8)],
                                                     warps_per_cta=[1, WARPS], order=[0, 1])
         res = gl.convert_layout(acc, out_layout)
         on = off_n + gl.arange(0, BN_, layout=gl.SliceLayout(1, out_layout))

@@ -23,8 +23,11 @@ total=$(wc -l < "$logs/ids.txt")
 ok=$(grep -c "^rc=0 .* | 1 passed" "$logs/lines.txt")  # a skip (no GPU) is not a pass
 {
   echo "# GPU tests (pytest -m gpu, one process per test, $jobs at a time, TRITON_INTERPRET=0)"
-  echo "device: $(python -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")' 2>&1)"
-  echo "versions: $(python -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' 2>&1)"
+  python - <<'PY' 2>&1
+import torch, triton
+print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")
+print("versions: torch", torch.__version__, "triton", triton.__version__)
+PY
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  wall: ${wall} s"
   cat "$logs/lines.txt"
   echo "passed: $ok of $total"
