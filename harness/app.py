@@ -1,4 +1,4 @@
-"""Hydra entry: ``@hydra.main`` around :func:`harness.run.run`, and the sweep callback.
+"""Hydra entry: ``@hydra.main`` around :func:`bitsweep.harness.run.run`, and the sweep callback.
 
 ``task(cfg)`` resolves the Hydra config to a plain dict and calls ``run``. In a
 single run a ``ConfigError`` (user mistake) is printed as one line and exits 2;
@@ -17,18 +17,20 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from methods.registry import ConfigError
+from bitsweep.methods.core.registry import ConfigError
 
 log = logging.getLogger("bitsweep")
 
 
 def conf_dir() -> Path:
-    """The config tree: packaged as ``harness/conf`` when installed, ``conf/`` in a checkout."""
-    here = Path(__file__).resolve().parent
-    for cand in (here / "conf", here.parent / "conf"):
-        if (cand / "config.yaml").exists():
-            return cand
-    raise FileNotFoundError("bitsweep config tree not found (expected harness/conf or conf/)")
+    """The config tree ``bitsweep.conf`` (``conf/`` in a checkout, packaged beside ``harness``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bitsweep.conf")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(loc) / "config.yaml").exists():
+            return Path(loc)
+    raise FileNotFoundError("bitsweep config tree not found (package bitsweep.conf); reinstall bitsweep")
 
 
 def to_plain(cfg: DictConfig) -> dict:
@@ -37,7 +39,7 @@ def to_plain(cfg: DictConfig) -> dict:
 
 
 def task(cfg: DictConfig) -> int:
-    from harness.run import run
+    from bitsweep.harness.run import run
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -70,7 +72,7 @@ def _record_plan_failure(cfg: DictConfig, exc: Exception) -> None:
     import os
     import uuid
 
-    from harness.results import Store, config_hash, now_iso
+    from bitsweep.harness.results import Store, config_hash, now_iso
     plain = to_plain(cfg)
     ident = {k: plain.get(k) for k in ("model", "method", "quant", "eval", "data", "seed")}
     rec = {"run_id": uuid.uuid4().hex[:12], "config_hash": "invalid-" + config_hash(ident),
@@ -85,7 +87,7 @@ def _record_plan_failure(cfg: DictConfig, exc: Exception) -> None:
 
 def _spec_label(plain: dict) -> str:
     """The quant label of a config whose run was rejected (or 'invalid' if the spec is)."""
-    from methods import QuantSpec
+    from bitsweep.methods import QuantSpec
     try:
         return QuantSpec.from_dict(plain.get("quant")).label()
     except ConfigError:
@@ -100,7 +102,7 @@ class SweepCallback(Callback):
         out = OmegaConf.select(config, "leaderboard.out")
         if not out:
             return
-        from harness.leaderboard import build_leaderboard
+        from bitsweep.harness.leaderboard import build_leaderboard
         title = OmegaConf.select(config, "leaderboard.title") or "bitsweep leaderboard"
         res = build_leaderboard(OmegaConf.select(config, "store"), out, title)
         print("\n" + res["markdown"])
@@ -112,7 +114,7 @@ def write_sweep_summary(config: DictConfig) -> None:
     import json
     import os
 
-    from harness.results import Store
+    from bitsweep.harness.results import Store
     sweep_id, target = os.environ.get("BITSWEEP_SWEEP_ID"), os.environ.get("BITSWEEP_SUMMARY")
     if not sweep_id or not target:
         return

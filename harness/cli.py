@@ -21,7 +21,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from methods.registry import did_you_mean
+from bitsweep.methods.core.registry import did_you_mean
 
 GROUPS = {"model": "model", "method": "method", "quant": "quant spec", "eval": "evaluator",
           "data": "dataset", "experiment": "experiment", "launcher": "launcher"}
@@ -30,7 +30,7 @@ USAGE = __doc__
 
 
 def group_options(group: str) -> list[str]:
-    from harness.app import conf_dir
+    from bitsweep.harness.app import conf_dir
 
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
@@ -44,7 +44,7 @@ def _values(raw: str) -> list[str]:
 
 def check_overrides(argv: list[str]) -> str | None:
     """One-line error for an unknown config-group option, else None."""
-    from harness.run import TOP_LEVEL_KEYS
+    from bitsweep.harness.run import TOP_LEVEL_KEYS
 
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
@@ -71,7 +71,7 @@ def cmd_run(argv: list[str]) -> int:
     if err:
         print(f"bitsweep: error: {err}", file=sys.stderr)
         return 2
-    from harness.app import hydra_main
+    from bitsweep.harness.app import hydra_main
 
     summary = Path(tempfile.mkdtemp(prefix="bitsweep-")) / "summary.json"
     os.environ.setdefault("BITSWEEP_SWEEP_ID", uuid.uuid4().hex[:12])
@@ -100,7 +100,7 @@ def cmd_leaderboard(argv: list[str]) -> int:
     if not Path(a.store).is_dir():
         print(f"bitsweep: error: store '{a.store}' does not exist", file=sys.stderr)
         return 2
-    from harness.leaderboard import build_leaderboard
+    from bitsweep.harness.leaderboard import build_leaderboard
 
     res = build_leaderboard(a.store, a.out or Path(a.store).parent, a.title)
     print(res["markdown"])
@@ -109,7 +109,7 @@ def cmd_leaderboard(argv: list[str]) -> int:
 
 
 def cmd_methods(argv: list[str]) -> int:
-    import methods
+    from bitsweep import methods
 
     for name in methods.METHODS.names():
         cls = methods.METHODS.get(name)
@@ -128,12 +128,12 @@ def cmd_zoo(argv: list[str]) -> int:
     sub.add_parser("list", help="list zoo models (default)")
     t = sub.add_parser("train", help="train a zoo model (see its MODEL_CARD.md for the recipe)")
     t.add_argument("name")
-    t.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to harness.zoo.train")
+    t.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to bitsweep.harness.zoo.train")
     a = p.parse_args(argv)
-    from harness import zoo
+    from bitsweep.harness import zoo
 
     if a.action == "train":
-        from harness.zoo import train as zoo_train
+        from bitsweep.harness.zoo import train as zoo_train
         return zoo_train.main([a.name] + a.rest) or 0
     for m in zoo.list_models():
         state = "trained" if m.get("trained") else "not trained"
@@ -147,7 +147,7 @@ def cmd_bench(argv: list[str]) -> int:
         print("bitsweep: error: usage: bitsweep bench kernels [options]; valid benches: kernels",
               file=sys.stderr)
         return 2
-    from kernels import bench
+    from bitsweep.kernels import bench
 
     return bench.main(argv[1:]) or 0
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from methods.registry import ConfigError, did_you_mean
+from bitsweep.methods.core.registry import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def load_documents(name: str, split: str, source: HFSource | None = None) -> lis
     """Documents of a source split (list of strings)."""
     src = source or resolve_source(name)
     if src == "stdlib":
-        from harness.zoo.corpus import build_corpus
+        from bitsweep.harness.zoo.corpus import build_corpus
         return [text for _, text in build_corpus().documents(split)]
     if isinstance(src, str) and src.startswith("local:"):
         path = Path(src[len("local:"):]).expanduser()
@@ -172,5 +172,5 @@ def calibration_batches(name: str, tokenizer, nsamples: int, seqlen: int, seed: 
 
 
 def corpus_fingerprint() -> str:
-    from harness.zoo.corpus import build_corpus
+    from bitsweep.harness.zoo.corpus import build_corpus
     return build_corpus().fingerprint

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import Store
+from bitsweep.harness.results import Store
 
 HIDDEN_METRICS = ("nll",)
 LOWER_IS_BETTER = ("ppl", "nll", "loss", "word_perplexity", "byte_perplexity", "bits_per_byte", "qid")

@@ -7,7 +7,7 @@
   device_map=..., use_safetensors=..., trust_remote_code=False unless asked)``;
   ``id`` is a hub id or a local folder;
 * ``zoo``: a model trained by bitsweep's own code and shipped with it
-  (``harness.zoo``), loaded offline;
+  (``bitsweep.harness.zoo``), loaded offline;
 * ``tiny``: a random model of a family (llama, opt, qwen2, gpt_neox, mistral)
   built from a config for tests, seeded; it uses the zoo tokenizer so it can be
   evaluated on the offline corpus.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from methods.registry import ConfigError, build_dataclass
+from bitsweep.methods.core.registry import ConfigError, build_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ModelConfig:
         if self.source == "hf" and not self.id:
             raise ConfigError("model.id is required for source=hf (a hub id or a local path)")
         if self.source == "zoo":
-            from harness.zoo import ZooModelNotTrainedError, is_trained
+            from bitsweep.harness.zoo import ZooModelNotTrainedError, is_trained
             if not is_trained(self.name):  # also rejects unknown names, listing the valid ones
                 raise ZooModelNotTrainedError(
                     f"zoo model '{self.name}' has no weights yet; train it with "
@@ -95,7 +95,7 @@ class ModelConfig:
 @functools.lru_cache(maxsize=16)
 def zoo_weights_digest(name: str) -> str | None:
     """SHA-256 (16 hex) of a zoo model's weight files; None if it is not trained."""
-    from harness.zoo import zoo_path
+    from bitsweep.harness.zoo import zoo_path
 
     files = sorted(zoo_path(name).glob("*.safetensors")) if zoo_path(name).exists() else []
     if not files:
@@ -129,7 +129,7 @@ def resolve_dtype(cfg: ModelConfig, device: str) -> torch.dtype:
 def load_model(cfg: ModelConfig, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """-> (model in eval mode on ``device``, tokenizer, info dict)."""
     if cfg.source == "zoo":
-        from harness.zoo import load_zoo_model
+        from bitsweep.harness.zoo import load_zoo_model
         model, tok = load_zoo_model(cfg.name, dtype=dtype, device=device)
     elif cfg.source == "tiny":
         model, tok = _tiny_model(cfg, dtype)
@@ -192,7 +192,7 @@ def zoo_tokenizer(name: str = "stdlib-llama-4m"):
     """The tokenizer shipped with a zoo model (used by tiny models too)."""
     from transformers import AutoTokenizer
 
-    from harness.zoo import zoo_path
+    from bitsweep.harness.zoo import zoo_path
     return AutoTokenizer.from_pretrained(str(zoo_path(name)))
 
 

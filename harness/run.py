@@ -4,20 +4,20 @@ Pipeline::
 
     plan (validate everything, hash each evaluator's identity)
       -> all evaluators already recorded ok?  skip (resume)
-      -> load model + tokenizer         (harness.models)
-      -> calibration batches if needed  (harness.data)
+      -> load model + tokenizer         (bitsweep.harness.models)
+      -> calibration batches if needed  (bitsweep.harness.data)
       -> method.prepare / calibrate / convert   (methods registry)
-      -> optional real mode             (methods.real.to_real)
-      -> optional sibling fusion        (methods.fuse.fuse_siblings: q/k/v, gate/up)
-      -> each pending evaluator         (harness.eval)
-      -> record                         (harness.results, atomic JSON)
+      -> optional real mode             (bitsweep.methods.core.real.to_real)
+      -> optional sibling fusion        (bitsweep.methods.core.fuse.fuse_siblings: q/k/v, gate/up)
+      -> each pending evaluator         (bitsweep.harness.eval)
+      -> record                         (bitsweep.harness.results, atomic JSON)
 
 A failure anywhere after planning becomes a ``failed`` record (with the error)
 for every pending evaluator, never a crashed sweep. Planning errors
 (``ConfigError``: unknown names, invalid spec) are raised before any work.
 
 ``fuse: true`` (after ``real``) fuses sibling linears into one GEMM each
-(``methods.fuse``): real W4 modules in real mode, plain ``nn.Linear`` in the
+(``bitsweep.methods.core.fuse``): real W4 modules in real mode, plain ``nn.Linear`` in the
 16-bit baseline (so the baseline it is compared with is fused too); a quantized
 run must also set ``real: true`` (fake QuantLinears have no fused form). It is
 part of the config hash only when true: fusion is meant to change speed, but a
@@ -40,14 +40,14 @@ from typing import Any
 
 import torch
 
-from harness.eval.base import EvalContext, Evaluator, build_evaluator
-from harness.models import ModelConfig, load_model, model_config, resolve_device, resolve_dtype
-from harness.results import Store, config_hash, git_info, now_iso, package_versions
-from methods import QuantSpec, build_method
-from methods.kvcache import apply_activation_and_kv, validate_activation_kv
-from methods.kvcache import needs_calibration as kv_needs_calibration
-from methods.qmodules import check_shapes, effective_bits
-from methods.registry import ConfigError, Method, build_dataclass, did_you_mean
+from bitsweep.harness.eval.base import EvalContext, Evaluator, build_evaluator
+from bitsweep.harness.models import ModelConfig, load_model, model_config, resolve_device, resolve_dtype
+from bitsweep.harness.results import Store, config_hash, git_info, now_iso, package_versions
+from bitsweep.methods import QuantSpec, build_method
+from bitsweep.methods.core.kvcache import apply_activation_and_kv, validate_activation_kv
+from bitsweep.methods.core.kvcache import needs_calibration as kv_needs_calibration
+from bitsweep.methods.core.qmodules import check_shapes, effective_bits
+from bitsweep.methods.core.registry import ConfigError, Method, build_dataclass, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _uses_stdlib(plan: RunPlan) -> bool:
 
 
 def _identity(plan: RunPlan) -> dict:
-    from harness.data import corpus_fingerprint
+    from bitsweep.harness.data import corpus_fingerprint
 
     ident = {
         "model": plan.model.identity(),
@@ -232,8 +232,8 @@ def _quantized_model(plan: RunPlan):
     check_shapes(model, plan.spec)
     batches = None
     if plan.method.needs_calibration or kv_needs_calibration(plan.spec):
-        from harness.data import calibration_batches
-        from harness.eval.ppl import model_max_length
+        from bitsweep.harness.data import calibration_batches
+        from bitsweep.harness.eval.ppl import model_max_length
         seqlen = min(plan.data.seqlen, model_max_length(model) or plan.data.seqlen)
         batches = calibration_batches(plan.data.dataset, tok, plan.data.nsamples, seqlen,
                                       plan.data.seed, plan.data.split)
@@ -244,12 +244,12 @@ def _quantized_model(plan: RunPlan):
         model = apply_activation_and_kv(model, plan.spec, batches)
     qinfo: dict[str, Any] = {"effective_bits": effective_bits(model) if not plan.is_baseline else 16.0}
     if plan.real and not plan.is_baseline:
-        from methods.real import to_real
+        from bitsweep.methods.core.real import to_real
         layers = to_real(model)
         qinfo["real_layers"] = layers
         qinfo["n_real"] = sum(v == "real" for v in layers.values())
     if plan.fuse:
-        from methods.fuse import fuse_siblings
+        from bitsweep.methods.core.fuse import fuse_siblings
         fused = fuse_siblings(model)
         qinfo["fused_layers"] = fused
         qinfo["n_fused"] = sum(v.startswith("fused") for v in fused.values())

@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from kernels.packing import values_per_word
+from bitsweep.kernels.packing import values_per_word
 
 ASM_BITS = (2, 3, 4)
 

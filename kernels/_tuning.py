@@ -3,13 +3,13 @@
 ``tuned(name, key, fixed, candidates, launch)`` returns a config dict. Under
 TRITON_INTERPRET=1 or without CUDA it returns ``fixed`` (the interpreter cannot
 time anything). On CUDA it times every candidate with
-``kernels._timing.gpu_time_us`` (CUDA-graph replays, L2 flushed by a read
+``bitsweep.kernels._timing.gpu_time_us`` (CUDA-graph replays, L2 flushed by a read
 pass so no dirty lines are written back during the timed call, no host
 overhead: do_bench's host-inclusive numbers were noise for 10-50 us kernels),
 or, when the caller passes ``copies`` > 1 launchers (one per copy of the
 inputs, together over the L2 size), with ``gpu_time_rotating_us`` (a graph
 calling them round-robin: back-to-back reads from memory, as consecutive layers
-of a decode step run, and the method kernels.bench reports). The
+of a decode step run, and the method bitsweep.kernels.bench reports). The
 ``RETIME`` fastest are timed again with more replays and the best median wins
 (one noisy sample picked a config 0.4 us slower than the best on the H100,
 kernels/NOTES.md run 7). The winner is cached
@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import triton
 
-from kernels._timing import gpu_time_rotating_us, gpu_time_us
+from bitsweep.kernels._timing import gpu_time_rotating_us, gpu_time_us
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Dequantize a packed weight to a dense [N, K] fp16/bf16/fp32 matrix in one memory-bound pass.
 
-Contract: ``dequantize(pw, dtype) -> [N, K]`` equals ``kernels.packing.dequantize``
+Contract: ``dequantize(pw, dtype) -> [N, K]`` equals ``bitsweep.kernels.packing.dequantize``
 (computed in fp32, rounded once to ``dtype``). Used by weight_only's
 ``dequant`` path for large M (prefill): dequantize once, then torch's own
 matmul, which beats the fused GEMM there (kernels/NOTES.md); it costs a
@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._tuning import interpreting
-from kernels.packing import PackedWeight, values_per_word
-from kernels.wo_mma import MMA_BITS, _dequant_tile, dequant_asm
+from bitsweep.kernels._tuning import interpreting
+from bitsweep.kernels.packing import PackedWeight, values_per_word
+from bitsweep.kernels.wo_mma import MMA_BITS, _dequant_tile, dequant_asm
 
 
 @triton.jit

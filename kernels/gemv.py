@@ -1,7 +1,7 @@
 """Weight-only GEMV v2 (M = 1, and M <= 4 for 3-bit; bits 2/3/4/8): group-tiled, long-K tiles, 16-byte loads.
 
 Contract: ``gemv(x2 [M, K], pw, bias, cfg) -> [M, N]`` in x2's dtype, same
-function as ``kernels.reference.weight_only_linear``; ``supported(pw)`` says
+function as ``bitsweep.kernels.reference.weight_only_linear``; ``supported(pw)`` says
 whether this kernel handles the packed layout (else weight_only's v1 GEMV runs).
 
 Design (kernels/NOTES.md, v2): a program owns BLOCK_N output rows and walks
@@ -30,9 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _asm
-from kernels.packing import PackedWeight, values_per_word
-from kernels._tiles import store_or_add
+from bitsweep.kernels import _asm
+from bitsweep.kernels.packing import PackedWeight, values_per_word
+from bitsweep.kernels._tiles import store_or_add
 
 MAX_WT = 128  # words per chunk when a group is longer (per-channel)
 

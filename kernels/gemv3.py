@@ -1,7 +1,7 @@
 """Weight-only GEMV v3 (M = 1; bits 2/3/4, fp16/bf16 activations): flat word tiles, no layout conversions.
 
 Contract: ``gemv3(x2 [M, K], pw, bias, cfg, use_asm) -> [M, N]`` in x2's dtype, the
-same function as ``kernels.reference.weight_only_linear``; ``supported(pw, x2)`` says
+same function as ``bitsweep.kernels.reference.weight_only_linear``; ``supported(pw, x2)`` says
 whether this kernel takes the layout (else the v2 GEMV of kernels/gemv.py runs).
 
 Why (kernels/NOTES.md, run 5): the v2 kernel's SASS showed ~10 ``BAR.SYNC`` and
@@ -11,7 +11,7 @@ shared memory, which also kept the 4 warps of a program in lock step. v3 keeps o
 layout: the program's tile is [BLOCK_N rows, TILE_W consecutive words of the row]
 (16-byte weight loads), and every other per-word quantity is computed from the word
 index in that same layout. Each word's term is one inline-PTX block
-(``kernels._asm.word_term_asm``) that loads the word's own x values (16/32 bytes,
+(``bitsweep.kernels._asm.word_term_asm``) that loads the word's own x values (16/32 bytes,
 read-only path, L1 hits after the first row) and its group's scale and szero, then
 does the packed half2 dequant + dot and returns ``s * dot - szero * sum(x)`` in fp32.
 Words are summed per row at the end (one reduction per program).
@@ -28,9 +28,9 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from kernels import _asm
-from kernels._tiles import store_or_add
-from kernels.packing import PackedWeight, values_per_word
+from bitsweep.kernels import _asm
+from bitsweep.kernels._tiles import store_or_add
+from bitsweep.kernels.packing import PackedWeight, values_per_word
 
 
 @triton.jit

@@ -1,14 +1,14 @@
 """Tensor-core GEMV (1 <= M <= 16 per token block; bits 2/4, and 8 with fp16): mma.sync on dequantized registers.
 
 Contract: ``gemv_tc(x2 [M, K], pw, bias, cfg, use_asm) -> [M, N]`` in x2's dtype, the
-same function as ``kernels.reference.weight_only_linear``; ``supported(pw, x2)`` says
+same function as ``bitsweep.kernels.reference.weight_only_linear``; ``supported(pw, x2)`` says
 whether this kernel takes the layout (CUDA path) and ``plain_ok(pw)`` whether its
 plain-integer tiling (interpreter) does.
 
 Why (kernels/NOTES.md, run 6): a tensor-core GEMM in Triton sends the dequantized tile
 through shared memory before ``wgmma`` (the M=16 MMA kernel: 31 us at 8192^2, twice the M=1
 time). Here the tensor core is fed straight from registers: one warp-collective inline-PTX
-block per 4 words of two rows (``kernels._asm.mma_words_asm``, pack=8) dequantizes each half2
+block per 4 words of two rows (``bitsweep.kernels._asm.mma_words_asm``, pack=8) dequantizes each half2
 pair (lop3 / sub / fma) into exactly an A-fragment register of ``mma.sync.m16n8k16`` (weights
 as the 16-row side) and issues the MMAs with x as B (8 tokens per mma; a second set for tokens
 8-15 when M > 8). No weight repacking: in the half-word paired layout a word's pairs are
@@ -41,9 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _asm
-from kernels._tiles import store_or_add
-from kernels.packing import PackedWeight, values_per_word
+from bitsweep.kernels import _asm
+from bitsweep.kernels._tiles import store_or_add
+from bitsweep.kernels.packing import PackedWeight, values_per_word
 
 TILE_W = 16  # words per row per step: 4 lanes x 4 words (the quad of an mma B fragment)
 TOKENS = 16  # tokens per program (the mma's M)

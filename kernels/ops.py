@@ -3,15 +3,15 @@
 Two ops in the ``bitsweep`` namespace (``torch.ops.bitsweep.*``):
 
 * ``weight_only_linear(x, qweight, scale, szero, bias, bits, group_size,
-  in_features, out_features, sym) -> y``: ``kernels.weight_only_linear`` on the
+  in_features, out_features, sym) -> y``: ``bitsweep.kernels.weight_only_linear`` on the
   PackedWeight made of those fields; x [..., K] -> y [..., N], y.dtype == x.dtype.
-* ``w8a8_linear(x, wq, w_scale, bias) -> y``: ``kernels.w8a8_linear``
+* ``w8a8_linear(x, wq, w_scale, bias) -> y``: ``bitsweep.kernels.w8a8_linear``
   (per-token activation quantize + scaled GEMM); x [..., K], wq int8/fp8 [N, K],
   w_scale fp32 [N] -> y [..., N], y.dtype == x.dtype.
 
 Each has a fake (meta) implementation giving the output shape, dtype and
 contiguous strides, so dynamo/inductor never trace into Triton launches or
-the per-shape config tuning (``kernels._tuning``). Tuning times candidates on
+the per-shape config tuning (``bitsweep.kernels._tuning``). Tuning times candidates on
 the first call per shape on CUDA, so run every shape once eagerly before
 compiling or capturing a CUDA graph. Eager results are exactly those of the
 wrapped functions (the op only forwards its arguments).
@@ -23,9 +23,9 @@ from typing import Optional
 
 import torch
 
-from kernels.packing import PackedWeight
-from kernels.w8a8 import w8a8_linear as _w8a8_linear
-from kernels.weight_only import weight_only_linear as _weight_only_linear
+from bitsweep.kernels.packing import PackedWeight
+from bitsweep.kernels.w8a8 import w8a8_linear as _w8a8_linear
+from bitsweep.kernels.weight_only import weight_only_linear as _weight_only_linear
 
 __all__ = ["weight_only_linear_op", "w8a8_linear_op"]
 
@@ -34,7 +34,7 @@ __all__ = ["weight_only_linear_op", "w8a8_linear_op"]
 def weight_only_linear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, szero: torch.Tensor,
                           bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
                           out_features: int, sym: bool) -> torch.Tensor:
-    """y [..., N] = x [..., K] @ dequant(packed).T + bias (see kernels.weight_only_linear)."""
+    """y [..., N] = x [..., K] @ dequant(packed).T + bias (see bitsweep.kernels.weight_only_linear)."""
     pw = PackedWeight(qweight, scale, szero, bits, group_size, in_features, out_features, sym)
     return _weight_only_linear(x, pw, bias)
 
@@ -47,7 +47,7 @@ def _weight_only_linear_fake(x, qweight, scale, szero, bias, bits, group_size, i
 @torch.library.custom_op("bitsweep::w8a8_linear", mutates_args=())
 def w8a8_linear_op(x: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
                    bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """y [..., N] = int8/fp8 GEMM(quant(x), wq) * s_x * w_scale + bias (see kernels.w8a8_linear)."""
+    """y [..., N] = int8/fp8 GEMM(quant(x), wq) * s_x * w_scale + bias (see bitsweep.kernels.w8a8_linear)."""
     return _w8a8_linear(x, wq, w_scale, bias)
 
 

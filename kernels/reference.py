@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.packing import PackedWeight, dequantize
+from bitsweep.kernels.packing import PackedWeight, dequantize
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0

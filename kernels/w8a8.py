@@ -15,10 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._tuning import tuned
-from kernels.reference import FP8_MAX, INT8_MAX
-from kernels.weight_only import KernelInputError
-from kernels._tiles import grouped_tile
+from bitsweep.kernels._tuning import tuned
+from bitsweep.kernels.reference import FP8_MAX, INT8_MAX
+from bitsweep.kernels.weight_only import KernelInputError
+from bitsweep.kernels._tiles import grouped_tile
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FORMATS = ("int8", "fp8")

@@ -23,7 +23,7 @@ sweeps, kernels/NOTES.md):
   whose word count is neither a power of two <= 128 nor a multiple of 128).
 
 Configs: on CUDA each (kernel, shape, bits, group, dtype) is tuned once per
-process by timing the candidates (``kernels._timing.gpu_time_us``), results are
+process by timing the candidates (``bitsweep.kernels._timing.gpu_time_us``), results are
 cached in memory and in a JSON file (``BITSWEEP_KERNEL_CACHE``, default
 ~/.cache/bitsweep/kernel_configs.json). Under TRITON_INTERPRET=1 (no timing
 possible) a fixed config is used, so CPU tests run the same kernels.
@@ -38,16 +38,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _asm
-from kernels import dequant as _dequant
-from kernels import gemv as _gemv2
-from kernels import gemv3 as _gemv3
-from kernels import gemv_tc as _gemv_tc
-from kernels import wo_mma as _mma
-from kernels import wo_wgmma as _wgmma
-from kernels._tiles import dot_acc, grouped_tile, store_or_add
-from kernels._tuning import interpreting, tuned
-from kernels.packing import PackedWeight, values_per_word
+from bitsweep.kernels import _asm
+from bitsweep.kernels import dequant as _dequant
+from bitsweep.kernels import gemv as _gemv2
+from bitsweep.kernels import gemv3 as _gemv3
+from bitsweep.kernels import gemv_tc as _gemv_tc
+from bitsweep.kernels import wo_mma as _mma
+from bitsweep.kernels import wo_wgmma as _wgmma
+from bitsweep.kernels._tiles import dot_acc, grouped_tile, store_or_add
+from bitsweep.kernels._tuning import interpreting, tuned
+from bitsweep.kernels.packing import PackedWeight, values_per_word
 
 log = logging.getLogger(__name__)
 

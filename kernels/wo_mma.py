@@ -1,7 +1,7 @@
 """Fused weight-only tensor-core GEMM (bits 2/4/8, dense layouts): dequantize in registers, then tl.dot.
 
 Contract: ``mma(x2 [M, K], pw, bias, cfg, use_asm) -> [M, N]`` in x2's dtype,
-the same function as ``kernels.reference.weight_only_linear``;
+the same function as ``bitsweep.kernels.reference.weight_only_linear``;
 ``supported(pw, dtype)`` says whether the layout is dense (no padded slots:
 bits 2/4/8 with ``group % P == 0``; 3-bit groups pad their last word).
 
@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _asm
-from kernels._tiles import dot_acc, grouped_tile, store_or_add
-from kernels.packing import PackedWeight, values_per_word
+from bitsweep.kernels import _asm
+from bitsweep.kernels._tiles import dot_acc, grouped_tile, store_or_add
+from bitsweep.kernels.packing import PackedWeight, values_per_word
 
 MMA_BITS = (2, 4, 8)
 

@@ -1,7 +1,7 @@
 """Fused W4A16 GEMM for large M on Hopper (Gluon): dequantize straight into wgmma's A registers.
 
 Contract: ``wgmma_gemm(x2 [M, K], pw, bias, cfg) -> [M, N]`` in x2's dtype, the same
-function as ``kernels.reference.weight_only_linear`` with the weight rounded once to
+function as ``bitsweep.kernels.reference.weight_only_linear`` with the weight rounded once to
 fp16 (bf16 activations: fp16 dequant, then one rounding to bf16), i.e. the same numbers
 as the ``dequant`` path (dequantize + torch matmul). ``supported(pw, x2)`` says whether
 this kernel takes the layout; it needs a CUDA device of compute capability 9.x (wgmma,
@@ -40,7 +40,7 @@ import functools
 import torch
 import triton
 
-from kernels.packing import PackedWeight
+from bitsweep.kernels.packing import PackedWeight
 
 try:  # Gluon ships with Triton >= 3.5; without it this path is simply unavailable
     from triton.experimental import gluon

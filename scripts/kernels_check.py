@@ -3,10 +3,10 @@ import sys
 
 import torch
 
-from kernels import reference as R
-from kernels.packing import random_packed
-from kernels.w8a8 import quantize_activation, scaled_mm
-from kernels.weight_only import weight_only_linear
+from bitsweep.kernels import reference as R
+from bitsweep.kernels.packing import random_packed
+from bitsweep.kernels.w8a8 import quantize_activation, scaled_mm
+from bitsweep.kernels.weight_only import weight_only_linear
 
 
 def main() -> int:

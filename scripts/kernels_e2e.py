@@ -2,7 +2,7 @@
 
 Usage: python scripts/kernels_e2e.py [--layers 32] [--steps 64] [--compile] [--compile-mode default]
                                      [--no-prefill] [--fuse] [--tiny] [--device cuda] [--out FILE.json]
-Measures tokens/s at batch 1 (harness.eval.speed: static KV cache, one CUDA graph per decode step) for
+Measures tokens/s at batch 1 (bitsweep.harness.eval.speed: static KV cache, one CUDA graph per decode step) for
 bf16 and for the same model with every decoder Linear replaced by a real W4 g128 asym module. With
 --compile each decode step is also measured torch.compile'd (HF eager code fused by inductor, the real
 linears opaque custom ops) inside the same CUDA graph, and both speedups are reported:
@@ -11,7 +11,7 @@ both compiled). Each measurement is wrapped: a failure is recorded as ``<key>_er
 the script goes on; the JSON is rewritten after every measurement, so a time-out keeps what finished.
 
 --fuse additionally measures, in the same run, both models with sibling linears fused
-(methods.fuse: q/k/v and gate/up become one GEMM each; bf16: one nn.Linear over the concatenated
+(bitsweep.methods.core.fuse: q/k/v and gate/up become one GEMM each; bf16: one nn.Linear over the concatenated
 weights, W4: one RealWeightOnlyLinear over the concatenated packed rows): keys ``bf16_fused_*`` and
 ``w4_fused_*``, a fusion summary ``<tag>_fuse`` (members fused, groups, reasons for any not fused,
 max |logits difference| fused vs unfused on a short input), and the ratios
@@ -31,20 +31,17 @@ and records each timing as ``<key>_error: no CUDA device`` instead of timing it.
 """
 import argparse
 import json
-import os
-import sys
 import time
 import traceback
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, no PYTHONPATH
-from harness.eval.memory import model_bytes  # noqa: E402
-from harness.eval.speed import COMPILE_MODES, measure_decode, measure_prefill, pdl_mode  # noqa: E402
-from kernels.packing import pack  # noqa: E402
-from methods.fuse import fuse_siblings, unfuse_siblings  # noqa: E402
-from methods.real import RealWeightOnlyLinear  # noqa: E402
+from bitsweep.harness.eval.memory import model_bytes  # noqa: E402
+from bitsweep.harness.eval.speed import COMPILE_MODES, measure_decode, measure_prefill, pdl_mode  # noqa: E402
+from bitsweep.kernels.packing import pack  # noqa: E402
+from bitsweep.methods.core.fuse import fuse_siblings, unfuse_siblings  # noqa: E402
+from bitsweep.methods.core.real import RealWeightOnlyLinear  # noqa: E402
 
 NO_CUDA = "no CUDA device (timings need CUDA)"
 
@@ -217,7 +214,7 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     ap.add_argument("--no-prefill", action="store_true", help="skip the 2048-token prefill timings")
     ap.add_argument("--fuse", action="store_true",
-                    help="also measure both models with q/k/v and gate/up fused (methods.fuse)")
+                    help="also measure both models with q/k/v and gate/up fused (bitsweep.methods.core.fuse)")
     ap.add_argument("--pdl", action="store_true",
                     help="also time each compiled decode with programmatic dependent launch (inductor's kernels "
                          "and the W4 GEMV; keys <tag>_pdl_compile_decode_tok_s_b1); the other timings run without")
@@ -231,7 +228,7 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from kernels import weight_only
+    from bitsweep.kernels import weight_only
     weight_only.USE_PDL = False  # only the --pdl timings use it
     cuda = args.device.startswith("cuda")
     model = build_model(llama_config(args.layers, args.tiny), args.device)

@@ -13,15 +13,12 @@ and checks every variant's output against seq. Prints a table and writes the JSO
 import argparse
 import dataclasses
 import json
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels._timing import gpu_time_rotating_us  # noqa: E402
-from kernels.dequant import dequantize  # noqa: E402
-from kernels.packing import random_packed  # noqa: E402
+from bitsweep.kernels._timing import gpu_time_rotating_us  # noqa: E402
+from bitsweep.kernels.dequant import dequantize  # noqa: E402
+from bitsweep.kernels.packing import random_packed  # noqa: E402
 
 SHAPES = [(4096, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
 

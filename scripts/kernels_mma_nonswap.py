@@ -1,9 +1,9 @@
 """Prints why the fused MMA kernel's non-swap tile (never dispatched: M > 64 runs dequant + matmul) fails."""
 import torch
 
-from kernels import wo_mma
-from kernels.packing import random_packed
-from kernels.weight_only import weight_only_linear
+from bitsweep.kernels import wo_mma
+from bitsweep.kernels.packing import random_packed
+from bitsweep.kernels.weight_only import weight_only_linear
 
 pw, *_ = random_packed(200, 1024, 4, 128, device="cuda", seed=1)
 x = torch.randn(300, 1024, device="cuda", dtype=torch.float16)

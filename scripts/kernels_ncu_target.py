@@ -11,9 +11,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernels.packing import random_packed  # noqa: E402
-from kernels.weight_only import weight_only_linear  # noqa: E402
-from kernels import gemv as G  # noqa: E402
+from bitsweep.kernels.packing import random_packed  # noqa: E402
+from bitsweep.kernels.weight_only import weight_only_linear  # noqa: E402
+from bitsweep.kernels import gemv as G  # noqa: E402
 
 os.environ.setdefault("BITSWEEP_TUNE", "0")
 cases = os.environ.get("NCU_CASES", "w4,w4diag,w2,w3,w4s,read").split(",")
@@ -38,7 +38,7 @@ for case in cases:
     if case == "w4v3":
         path, cfg = "gemv3", dict(BLOCK_N=16, TILE_W=128, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True)
     if case in ("tc1", "tc16"):
-        from kernels import gemv_tc
+        from bitsweep.kernels import gemv_tc
         path, cfg = "gemv_tc", dict(gemv_tc.default_config(kn, pw), **extra)
     for _ in range(2):
         weight_only_linear(x, pw, path=path, config=cfg)

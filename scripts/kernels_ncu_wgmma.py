@@ -6,13 +6,11 @@ Usage: CASES='[[K, N, M, {"BM": 256, "STAGES": 4, "WARPS": 8, "U": 2}], ...]' \
 """
 import json
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels import wo_wgmma  # noqa: E402
-from kernels.packing import random_packed  # noqa: E402
+from bitsweep.kernels import wo_wgmma  # noqa: E402
+from bitsweep.kernels.packing import random_packed  # noqa: E402
 
 for k, n, m, cfg in json.loads(os.environ["CASES"]):
     pw = random_packed(n, k, 4, 128, device="cuda", seed=1)[0]

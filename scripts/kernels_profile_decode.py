@@ -1,7 +1,7 @@
 """Where a batch-1 decode step's time goes: Llama-7B-shaped, random weights, bf16 and W4 (fused siblings).
 
 Usage: python scripts/kernels_profile_decode.py [--layers 32] [--out FILE.json] [--pdl]
-For each model it compiles the decode step as harness.eval.speed.measure_decode does, times it in a
+For each model it compiles the decode step as bitsweep.harness.eval.speed.measure_decode does, times it in a
 CUDA graph (ms per step), and runs it under torch.profiler (inside a graph replay, so the kernels and
 their order are the ones the timing runs): device time summed per kernel class (W4 GEMV, bf16 GEMV,
 attention, norm / elementwise glue, ...), the kernel count, and the idle time between kernels (step
@@ -16,10 +16,9 @@ from collections import defaultdict
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.eval.speed import _graphed, _static_cache, compile_step  # noqa: E402
-from methods.fuse import fuse_siblings  # noqa: E402
+from bitsweep.harness.eval.speed import _graphed, _static_cache, compile_step  # noqa: E402
+from bitsweep.methods.core.fuse import fuse_siblings  # noqa: E402
 from kernels_e2e import build_model, llama_config, to_w4  # noqa: E402
 
 CLASSES = [("w4_gemv", r"gemv3|gemv_tc|_gemv"), ("cublas_gemm", r"gemm|gemv|sm90_xmma|cutlass|nvjet|splitK"),
@@ -87,13 +86,13 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import torch._inductor.config as inductor_config
-    from kernels import weight_only
+    from bitsweep.kernels import weight_only
     inductor_config.triton.enable_pdl = weight_only.USE_PDL = args.pdl
     model = build_model(llama_config(args.layers, False), "cuda")
     fuse_siblings(model)
     res = {"pdl": args.pdl, "bf16_fused": profile_model(model)}
     torch.compiler.reset()
-    from methods.fuse import unfuse_siblings
+    from bitsweep.methods.core.fuse import unfuse_siblings
     unfuse_siblings(model)
     to_w4(model, 4, 128)
     fuse_siblings(model)

@@ -3,7 +3,7 @@
 Usage: python scripts/kernels_sweep.py [--out DIR] [--part check,gemv,lowbit,mma,fp8]
 Prints one line per (case, variant) and a summary last; writes DIR/sweep.json after every part.
 Every timed variant is first checked against the fp32 reference on fresh random inputs (rel err).
-Times: kernels._timing.gpu_time_us (CUDA-graph replays, L2 flushed, device time only).
+Times: bitsweep.kernels._timing.gpu_time_us (CUDA-graph replays, L2 flushed, device time only).
 """
 import argparse
 import itertools
@@ -18,12 +18,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import reference as R
-from kernels import wo_mma
-from kernels._timing import gpu_time_rotating_us, gpu_time_us
-from kernels.packing import random_packed
-from kernels.w8a8 import _mm_candidates, quantize_activation, scaled_mm
-from kernels.weight_only import weight_only_linear
+from bitsweep.kernels import reference as R
+from bitsweep.kernels import wo_mma
+from bitsweep.kernels._timing import gpu_time_rotating_us, gpu_time_us
+from bitsweep.kernels.packing import random_packed
+from bitsweep.kernels.w8a8 import _mm_candidates, quantize_activation, scaled_mm
+from bitsweep.kernels.weight_only import weight_only_linear
 
 
 def bench(fn) -> float:
@@ -211,7 +211,7 @@ def part_mma(rows, summary):
     k = n = 8192
     pw, *_ = random_packed(n, k, 4, 128, device="cuda", seed=5)
     w16 = torch.randn(n, k, device="cuda", dtype=torch.float16)
-    from kernels.dequant import dequantize
+    from bitsweep.kernels.dequant import dequantize
     for dc in ((32, 16), (16, 32), (64, 16), (16, 16), None):
         summary.append(f"dequant 8192^2 fp16 dense_cfg={dc}: {bench(lambda: dequantize(pw, torch.float16, dc)):.1f} us")
     for m in (2, 16, 64, 256, 1024, 4096):
@@ -307,7 +307,7 @@ def part_timing(rows, summary):
                 return lambda: weight_only_linear(x, pw, path="gemv")
             timers(f"W{bits} gemv M=1 {k}x{n}", make_w, random_packed(8, k, bits, 128)[0].nbytes() * n // 8)
             if bits == 4 and k == n == 8192:
-                from kernels._tuning import _cache
+                from bitsweep.kernels._tuning import _cache
                 cfg = next((v for kk, v in _cache().items() if "gemv2" in kk), None)
                 summary.append(f"  tuned cfg {cfg}")
 
@@ -378,7 +378,7 @@ def _time_cfgs(rows, label, x, pws, path, cfgs):
 
 def part_v3(rows, summary, timing=True):
     """GEMV v3 (kernels/gemv3.py): GPU correctness grid, then v3 configs vs v2 vs torch (rotating timer)."""
-    from kernels import gemv3
+    from bitsweep.kernels import gemv3
     os.environ["BITSWEEP_TUNE"] = "0"
     bad, _ = _check_grid(
         rows, "v3", "gemv3", gemv3.asm_ok, (2, 3, 4), ((32, 256), (64, 640), (128, 1024), (None, 512), (None, 1000)),
@@ -418,7 +418,7 @@ def part_v3(rows, summary, timing=True):
 
 def part_tc(rows, summary, timing=True):
     """Tensor-core GEMV (kernels/gemv_tc.py): GPU correctness grid, then configs vs v3 / MMA / torch at M=1..16."""
-    from kernels import gemv_tc
+    from bitsweep.kernels import gemv_tc
     os.environ["BITSWEEP_TUNE"] = "0"
     bad, n_cases = _check_grid(
         rows, "tc", "gemv_tc", gemv_tc.asm_ok, (2, 4, 8), TC_LAYOUTS,
@@ -485,7 +485,7 @@ def part_v3grid(rows, summary, bits=4):
 
 def part_tcsv(rows, summary):
     """Tensor-core GEMV: scale pairs loaded a step ahead by their own PTX block (SV) vs inside the mma block."""
-    from kernels import gemv_tc
+    from bitsweep.kernels import gemv_tc
     for k, n, ms in ((8192, 8192, (1, 16)), (4096, 12288, (1, 16)), (28672, 8192, (16,))):
         ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))
         pws = [random_packed(n, k, 4, 128, device="cuda", seed=i)[0] for i in range(ncop)]
@@ -503,7 +503,7 @@ def part_tcpack(rows, summary):
     """Tensor-core GEMV with two 16-row blocks per PTX call (PACK=16: one x fragment load shared by both):
     GPU correctness grid, then every candidate timed (rotating copies), the best PACK=8 vs the best
     PACK=16, at M = 1 and 16 (NOTES.md run 9)."""
-    from kernels import gemv_tc
+    from bitsweep.kernels import gemv_tc
     bad, n_cases = _check_grid(
         rows, "tcpack", "gemv_tc", gemv_tc.asm_ok, (2, 4, 8), TC_LAYOUTS,
         ((1, dict(BLOCK_N=128, KS=4, U=2, SPLIT_K=1, num_warps=4, EVICT=True, PREFETCH=True, PACK=16)),
@@ -532,7 +532,7 @@ def part_pdl(rows, summary):
     """W4 M=1 decode shapes: the tuned GEMV alone and after an RMS-norm kernel (a decode step's pattern),
     rotating copies in one CUDA graph, without and with programmatic dependent launch (weight_only.USE_PDL);
     then W2 / bf16 / M=16 (tensor-core GEMV) with the current PTX for comparison with earlier runs."""
-    from kernels import weight_only as wo
+    from bitsweep.kernels import weight_only as wo
     cases = [(8192, 8192), (4096, 4096), (4096, 12288), (4096, 22016), (11008, 4096), (8192, 28672)]
     for k, n in cases:
         ncop = max(2, min(24, (400 * 2 ** 20) // (n * k // 2)))

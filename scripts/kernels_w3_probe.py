@@ -4,11 +4,11 @@ Prints one JSON line: the vectorized 3-bit dequantize pass alone, torch's F.line
 dequantized weight, the tuned dispatch (weight_only_linear), each on rotating copies, and the tuner's
 choice (fused GEMM or dequant + matmul). Usage: python scripts/kernels_w3_probe.py
 """
-import torch,json,os
-from kernels.packing import random_packed
-from kernels import dequant as D, weight_only as W
-from kernels._timing import gpu_time_rotating_us as R
-from kernels._tuning import _cache
+import torch,json
+from bitsweep.kernels.packing import random_packed
+from bitsweep.kernels import dequant as D, weight_only as W
+from bitsweep.kernels._timing import gpu_time_rotating_us as R
+from bitsweep.kernels._tuning import _cache
 pws=[random_packed(8192,8192,3,128,device="cuda",seed=i)[0] for i in range(12)]
 x=torch.randn(16,8192,device="cuda",dtype=torch.float16)
 w=D.dequantize(pws[0],torch.float16)

@@ -7,17 +7,14 @@ fp16 matmul and the current dequant + matmul path (rotating timer, same process)
 """
 import argparse
 import json
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels import wo_wgmma  # noqa: E402
-from kernels._timing import gpu_time_rotating_us  # noqa: E402
-from kernels.dequant import dequantize  # noqa: E402
-from kernels.packing import dequantize as ref_dequant, random_packed  # noqa: E402
-from kernels.weight_only import weight_only_linear  # noqa: E402
+from bitsweep.kernels import wo_wgmma  # noqa: E402
+from bitsweep.kernels._timing import gpu_time_rotating_us  # noqa: E402
+from bitsweep.kernels.dequant import dequantize  # noqa: E402
+from bitsweep.kernels.packing import dequantize as ref_dequant, random_packed  # noqa: E402
+from bitsweep.kernels.weight_only import weight_only_linear  # noqa: E402
 
 CHECKS = [(1024, 512, 256, 128, torch.float16, False), (300, 1024, 384, 64, torch.float16, True),
           (77, 256, 128, 32, torch.bfloat16, False), (1000, 4096, 512, 128, torch.bfloat16, True),

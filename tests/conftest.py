@@ -7,6 +7,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# `python -m pytest` in the repo root puts it first on sys.path, where the bare folder
+# `kernels/` would shadow PyPI's `kernels` (imported by transformers): drop it first.
+from bitsweep.kernels._checkout import drop_checkout_root  # noqa: E402
+
+drop_checkout_root()
+
 import pytest  # noqa: E402
 
 

@@ -3,12 +3,12 @@ import pytest
 import torch
 import transformers as T
 
-from methods import QuantSpec, WeightSpec, build_method
-from methods.adadim import choose_grouping, hessian_error, ic_spec
-from methods.gptq import Hessian
-from methods.qmodules import QuantLinear
-from methods.quantizers import quantize_weight
-from methods.registry import ConfigError
+from bitsweep.methods import QuantSpec, WeightSpec, build_method
+from bitsweep.methods.weight_only.adadim import choose_grouping, hessian_error, ic_spec
+from bitsweep.methods.weight_only.gptq import Hessian
+from bitsweep.methods.core.qmodules import QuantLinear
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 import transformers as T
 
-from methods import QuantSpec, WeightSpec, build_method
-from methods.awq import apply_clip, search_clip, search_scale
-from methods.quantizers import quantize_weight
-from methods.registry import ConfigError
+from bitsweep.methods import QuantSpec, WeightSpec, build_method
+from bitsweep.methods.weight_only.awq import apply_clip, search_clip, search_scale
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import check_overrides, main
+from bitsweep.harness.cli import check_overrides, main
 
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def bitsweep(*args, cwd=None, timeout=600):
-    """Run the CLI in a fresh process (works with or without an installed package)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+    """Run the CLI in a fresh process against the installed package (no repo root on sys.path)."""
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "bitsweep.harness.cli", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=timeout, env=env)
 
 

@@ -3,9 +3,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from harness.app import conf_dir, to_plain
-from harness.cli import group_options
-from harness.run import plan_run
+from bitsweep.harness.app import conf_dir, to_plain
+from bitsweep.harness.cli import group_options
+from bitsweep.harness.run import plan_run
 
 GROUPS = ["model", "method", "quant", "data", "eval", "launcher", "experiment"]
 
@@ -47,7 +47,7 @@ def test_every_option_composes_and_instantiates(group, tmp_path):
 def _plan_with_some_spec(plain):
     """Plan with the default quant spec, else the first preset the method accepts
     (e.g. LLM.int8() needs W8A8): every method must accept at least one preset."""
-    from methods import ConfigError
+    from bitsweep.methods import ConfigError
     try:
         return plan_run(plain)
     except ConfigError as first:

@@ -4,8 +4,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from methods import QuantSpec, build_method  # noqa: E402
-from methods.qmodules import QuantConv2d, QuantLinear, effective_bits  # noqa: E402
+from bitsweep.methods import QuantSpec, build_method  # noqa: E402
+from bitsweep.methods.core.qmodules import QuantConv2d, QuantLinear, effective_bits  # noqa: E402
 
 
 def tiny_unet():

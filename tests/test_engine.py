@@ -3,9 +3,8 @@ import pytest
 import torch
 import transformers as T
 
-from methods import structure as S
-from methods.engine import run_layerwise
-from methods.registry import ConfigError
+from bitsweep.methods.core import structure as S
+from bitsweep.methods.core.engine import run_layerwise
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 

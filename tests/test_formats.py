@@ -4,11 +4,11 @@ import itertools
 import pytest
 import torch
 
-from methods.formats import (FORMATS, FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, NF3, NF4,
+from bitsweep.methods.core.formats import (FORMATS, FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, NF3, NF4,
                              get_format, round_to_format)
-from methods.quantizers import quantize_weight
-from methods.registry import ConfigError, UnknownNameError
-from methods.spec import QuantSpec, WeightSpec
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError, UnknownNameError
+from bitsweep.methods.core.spec import QuantSpec, WeightSpec
 
 E2M1_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 

@@ -1,4 +1,4 @@
-"""Sibling fusion (methods.fuse): exactness, one fused call per forward, fallbacks, reasons,
+"""Sibling fusion (bitsweep.methods.core.fuse): exactness, one fused call per forward, fallbacks, reasons,
 torch.compile, the config key and the e2e script's fused path. CPU; real kernels run under
 TRITON_INTERPRET=1 (~0.3 s per call), so real-mode models have one layer and quantize only the
 fused siblings. ``gpu`` (TRITON_INTERPRET=0): CUDA-graph capture/replay and inductor on a fused W4 model."""
@@ -16,10 +16,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from methods import QuantSpec, build_method  # noqa: E402
-from methods.fuse import (FusedLinear, FusedMember, fuse_siblings, fusion_reason,  # noqa: E402
+from bitsweep.methods import QuantSpec, build_method  # noqa: E402
+from bitsweep.methods.core.fuse import (FusedLinear, FusedMember, fuse_siblings, fusion_reason,  # noqa: E402
                           unfuse_siblings)
-from methods.real import RealWeightOnlyLinear, to_real  # noqa: E402
+from bitsweep.methods.core.real import RealWeightOnlyLinear, to_real  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
@@ -74,7 +74,7 @@ def test_tiny_families_fuse_exactly(family, fused):
     fused query_key_value (nothing to fuse)."""
     from transformers import AutoModelForCausalLM
 
-    from harness.models import ModelConfig, tiny_config
+    from bitsweep.harness.models import ModelConfig, tiny_config
     cfg = ModelConfig(source="tiny", name="t", family=family, hidden_size=64, intermediate_size=128,
                       num_layers=2, num_heads=4)
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def test_member_recomputes_on_another_input_or_order():
 
 
 def _w4(n: int, k: int = 64, bits: int = 4, group: int = 32, sym: bool = False, bias: bool = False):
-    from kernels.packing import random_packed
+    from bitsweep.kernels.packing import random_packed
     packed = random_packed(n, k, bits, group, sym=sym)[0]
     return RealWeightOnlyLinear(packed, torch.randn(n) if bias else None, torch.float32)
 
@@ -227,15 +227,15 @@ def _compose(overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from harness.app import conf_dir, to_plain
+    from bitsweep.harness.app import conf_dir, to_plain
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return to_plain(compose(config_name="config", overrides=overrides))
 
 
 def test_fuse_key_composes_and_is_hashed_only_when_on(tmp_path):
-    from harness.run import plan_run
-    from methods.registry import ConfigError
+    from bitsweep.harness.run import plan_run
+    from bitsweep.methods.core.registry import ConfigError
     base = [f"store={tmp_path}", "model=tiny_llama", "method=rtn", "quant=w4g32", "real=true"]
     off, on = plan_run(_compose(base)), plan_run(_compose(base + ["fuse=true"]))
     assert (off.fuse, on.fuse) == (False, True)
@@ -249,8 +249,8 @@ def test_fuse_key_composes_and_is_hashed_only_when_on(tmp_path):
 
 
 def test_run_records_fused_layers(tmp_path):
-    """rtn + real + fuse on a one-layer tiny Llama through harness.run: the record says what fused."""
-    from harness.run import run
+    """rtn + real + fuse on a one-layer tiny Llama through bitsweep.harness.run: the record says what fused."""
+    from bitsweep.harness.run import run
     cfg = _compose([f"store={tmp_path}", "model=tiny_llama", "model.num_layers=1", "method=rtn", "quant=w4g32",
                     "real=true", "fuse=true", "eval.ppl.max_chunks=1", "eval.ppl.seqlen=16"])
     (rec,) = run(cfg)
@@ -262,7 +262,7 @@ def test_run_records_fused_layers(tmp_path):
 def test_speed_rows_count_real_and_fused_layers(tmp_path):
     """The speed evaluator tags its rows with how many layers ran real and fused (here on CPU the rows
     are unavailable, and still say so)."""
-    from harness.run import run
+    from bitsweep.harness.run import run
     cfg = _compose([f"store={tmp_path}", "model=tiny_llama", "model.num_layers=1", "method=rtn", "quant=w4g32",
                     "real=true", "fuse=true", "eval=[speed]"])
     (rec,) = run(cfg)
@@ -315,8 +315,8 @@ def test_fused_w4_model_in_cuda_graph_and_compiled():
     """Fused W4 Llama on CUDA: graph replay == eager bit for bit (one capture, new input ids copied
     in), inductor-compiled close to eager, and the speed harness's compiled+graphed decode runs.
     Run with ``TRITON_INTERPRET=0 python3 -m pytest -m gpu tests/test_fuse.py``."""
-    from harness.eval import speed
-    from kernels._tuning import interpreting
+    from bitsweep.harness.eval import speed
+    from bitsweep.kernels._tuning import interpreting
     if interpreting():
         pytest.skip("TRITON_INTERPRET is set: run GPU tests with TRITON_INTERPRET=0")
     e2e = _e2e_module()

@@ -3,11 +3,11 @@ import pytest
 import torch
 import transformers as T
 
-from methods import QuantSpec, WeightSpec, build_method
-from methods.gptq import Hessian, gptq_quantize
-from methods.qmodules import QuantLinear
-from methods.quantizers import quantize_weight
-from methods.registry import ConfigError
+from bitsweep.methods import QuantSpec, WeightSpec, build_method
+from bitsweep.methods.weight_only.gptq import Hessian, gptq_quantize
+from bitsweep.methods.core.qmodules import QuantLinear
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 

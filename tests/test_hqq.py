@@ -4,10 +4,10 @@ import copy
 import pytest
 import torch
 
-from methods.hqq import hqq_minmax_init, hqq_optimize, hqq_quantize, shrink_lp
-from methods.quantizers import quantize_weight
-from methods.registry import ConfigError, build_method
-from methods.spec import QuantSpec, WeightSpec
+from bitsweep.methods.weight_only.hqq import hqq_minmax_init, hqq_optimize, hqq_quantize, shrink_lp
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError, build_method
+from bitsweep.methods.core.spec import QuantSpec, WeightSpec
 
 
 def _weight(seed=0, n=64, k=256):
@@ -55,7 +55,7 @@ def test_shrink_lp():
 
 def test_method_on_tiny_llama_and_validation():
     from transformers import LlamaConfig, LlamaForCausalLM
-    from methods.qmodules import QuantLinear
+    from bitsweep.methods.core.qmodules import QuantLinear
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2,

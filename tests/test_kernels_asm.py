@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import _asm, wo_mma
-from kernels.packing import pack, values_per_word
+from bitsweep.kernels import _asm, wo_mma
+from bitsweep.kernels.packing import pack, values_per_word
 
 
 def _to_half(bits16: int, bf16: bool) -> float:
@@ -191,7 +191,7 @@ def test_mma_words_asm_uses_the_plan():
 def test_wgmma_pair_asm_exact(bf16):
     """kernels/wo_wgmma.py's per-lane block: pair t of a 4-bit word -> ((q - 8) * s - sz) for both slots, rounded
     once to fp16 (bf16: that fp16 value rounded once more), for every pair t and random / extreme words."""
-    from kernels import wo_wgmma
+    from bitsweep.kernels import wo_wgmma
     asm = wo_wgmma._dequant_pair_asm(bf16)
     rng = np.random.default_rng(3)
     words = [0, 0xFFFFFFFF, 0x0F0F0F0F, 0x80808080] + [int(w) for w in rng.integers(0, 2 ** 32, 60, dtype=np.uint64)]

@@ -8,10 +8,10 @@ import re  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import _asm, gemv3  # noqa: E402
-from kernels import reference as R  # noqa: E402
-from kernels.packing import random_packed  # noqa: E402
-from kernels.weight_only import weight_only_linear  # noqa: E402
+from bitsweep.kernels import _asm, gemv3  # noqa: E402
+from bitsweep.kernels import reference as R  # noqa: E402
+from bitsweep.kernels.packing import random_packed  # noqa: E402
+from bitsweep.kernels.weight_only import weight_only_linear  # noqa: E402
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -8,10 +8,10 @@ import re  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import _asm, gemv_tc  # noqa: E402
-from kernels import reference as R  # noqa: E402
-from kernels.packing import random_packed, values_per_word  # noqa: E402
-from kernels.weight_only import weight_only_linear  # noqa: E402
+from bitsweep.kernels import _asm, gemv_tc  # noqa: E402
+from bitsweep.kernels import reference as R  # noqa: E402
+from bitsweep.kernels.packing import random_packed, values_per_word  # noqa: E402
+from bitsweep.kernels.weight_only import weight_only_linear  # noqa: E402
 
 # K parts (KS), unrolled steps (U), split-K and prefetch; K tails: K=640 at 4 bits is 5 steps
 CONFIGS = (dict(BLOCK_N=32, SPLIT_K=1, num_warps=2),
@@ -116,8 +116,8 @@ import inspect, json, re, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import _asm, gemv_tc
-from kernels.packing import values_per_word
+from bitsweep.kernels import _asm, gemv_tc
+from bitsweep.kernels.packing import values_per_word
 bits, warps, bn, pack = map(int, sys.argv[1:5])
 p = values_per_word(bits)
 names = list(inspect.signature(gemv_tc._gemv_tc_kernel.fn).parameters)
@@ -147,7 +147,6 @@ def _compile_sm90(bits: int, warps: int, bn: int, pack: int = 8) -> dict:
     import sys
     env = dict(os.environ, TRITON_INTERPRET="0")
     root = pathlib.Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", _COMPILE, str(bits), str(warps), str(bn), str(pack)], capture_output=True,
                           text=True, env=env, timeout=300)
     if proc.returncode:
@@ -185,7 +184,7 @@ def test_layout_contract_sm90(bits, warps, bn, pack):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_tc_ptx_on_gpu(bits, group, dtype):
     """The mma.sync PTX path on the GPU (run with TRITON_INTERPRET=0) vs the fp32 reference, M = 1..17."""
-    from kernels._tuning import interpreting
+    from bitsweep.kernels._tuning import interpreting
     if interpreting():
         pytest.skip("set TRITON_INTERPRET=0 to run the PTX path")
     k, n = 1024, 200

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kernels import packing
-from kernels.packing import PackingError
+from bitsweep.kernels import packing
+from bitsweep.kernels.packing import PackingError
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

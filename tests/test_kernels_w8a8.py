@@ -6,8 +6,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import reference as R  # noqa: E402
-from kernels.w8a8 import KernelInputError, quantize_activation, scaled_mm, w8a8_linear  # noqa: E402
+from bitsweep.kernels import reference as R  # noqa: E402
+from bitsweep.kernels.w8a8 import KernelInputError, quantize_activation, scaled_mm, w8a8_linear  # noqa: E402
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 64, 32), (5, 100, 33), (17, 96, 48)])

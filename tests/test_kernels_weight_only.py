@@ -6,9 +6,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import reference as R  # noqa: E402
-from kernels.packing import random_packed  # noqa: E402
-from kernels.weight_only import KernelInputError, weight_only_linear  # noqa: E402
+from bitsweep.kernels import reference as R  # noqa: E402
+from bitsweep.kernels.packing import random_packed  # noqa: E402
+from bitsweep.kernels.weight_only import KernelInputError, weight_only_linear  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 
@@ -71,7 +71,7 @@ def test_bad_inputs_raise_before_launch():
 
 
 def test_x_vec_only_without_padded_slots():
-    from kernels.gemv import x_vec_ok
+    from bitsweep.kernels.gemv import x_vec_ok
     assert x_vec_ok(random_packed(4, 256, 4, 128)[0]) and x_vec_ok(random_packed(4, 256, 2, 64)[0])
     assert not x_vec_ok(random_packed(4, 1000, 2, 1000)[0])  # 1000 % 16 != 0: padded slots
     assert not x_vec_ok(random_packed(4, 256, 3, 128)[0]) and not x_vec_ok(random_packed(4, 256, 8, 128)[0])
@@ -81,7 +81,7 @@ def test_x_vec_only_without_padded_slots():
 @pytest.mark.parametrize("group,k", [(32, 128), (128, 256), (None, 64)])
 def test_mma_path_matches_reference(bits, group, k):
     """Fused MMA kernel (plain-integer dequant under the interpreter), both orientations, ragged M and N."""
-    from kernels import wo_mma
+    from bitsweep.kernels import wo_mma
     g = group or k
     n = 37
     pw, *_ = random_packed(n, k, bits, g, seed=bits * 7 + k, fractional_zero=True)
@@ -100,7 +100,7 @@ def test_mma_path_matches_reference(bits, group, k):
 
 
 def test_mma_split_k_and_dispatch():
-    from kernels import weight_only as W
+    from bitsweep.kernels import weight_only as W
     pw, *_ = random_packed(24, 512, 4, 128, seed=3)
     x = torch.randn(6, 512)
     assert W._default_path(6, x, pw) == "mma" and W._default_path(1, x, pw) == "gemv"
@@ -114,8 +114,8 @@ def test_mma_split_k_and_dispatch():
 @pytest.mark.parametrize("bits,group", [(4, 128), (2, 32), (8, 64)])
 def test_dense_dequant_kernel(bits, group):
     """The vectorized dequant kernel (dense layouts) equals the packing reference, in fp16."""
-    from kernels.dequant import _dense_ok, dequantize
-    from kernels.packing import dequantize as ref_dequant
+    from bitsweep.kernels.dequant import _dense_ok, dequantize
+    from bitsweep.kernels.packing import dequantize as ref_dequant
     pw, *_ = random_packed(64, 512, bits, group, seed=bits, fractional_zero=True)
     assert _dense_ok(pw, torch.float16, 32, 16)
     w = dequantize(pw, torch.float16, dense_cfg=(32, 16))
@@ -124,7 +124,7 @@ def test_dense_dequant_kernel(bits, group):
 
 def test_tuner_margin_keeps_the_established_path(monkeypatch):
     """``tuned(..., margin=)``: the first candidate stays unless another is timed at least margin faster."""
-    from kernels import _tuning
+    from bitsweep.kernels import _tuning
     times = {"old": 100.0, "a": 97.0, "b": 120.0}
     monkeypatch.setattr(_tuning, "interpreting", lambda: False)
     monkeypatch.setattr(_tuning.torch.cuda, "is_available", lambda: True)
@@ -143,7 +143,7 @@ def test_tuner_margin_keeps_the_established_path(monkeypatch):
 def test_padded_small_m_tunes_gemm_against_dequant(monkeypatch):
     """3-bit groups at GEMV_MAX_M < M < DEQUANT_MIN_M: the tuner is offered dequant + matmul next to the fused
     GEMM's configs, and whichever it picks computes the reference result (CPU: both branches run here)."""
-    from kernels import weight_only as W
+    from bitsweep.kernels import weight_only as W
     pw, *_ = random_packed(24, 256, 3, 128, seed=3, fractional_zero=True)
     x = torch.randn(9, 256, generator=torch.Generator().manual_seed(1))
     r = R.weight_only_linear(x, pw)
@@ -165,7 +165,7 @@ def test_padded_small_m_tunes_gemm_against_dequant(monkeypatch):
 @pytest.mark.gpu
 def test_padded_small_m_dispatch_on_gpu():
     """W3 at 5 <= M < 32 through the tuned choice (fused GEMM or dequant + matmul) vs the reference."""
-    from kernels._tuning import interpreting
+    from bitsweep.kernels._tuning import interpreting
     if interpreting() or not torch.cuda.is_available():
         pytest.skip("needs CUDA with TRITON_INTERPRET=0")
     pw, *_ = random_packed(256, 1024, 3, 128, device="cuda", seed=11, fractional_zero=True)

@@ -17,9 +17,9 @@ import re
 import pytest
 import torch
 
-from kernels import reference as R
-from kernels import wo_wgmma
-from kernels.packing import random_packed
+from bitsweep.kernels import reference as R
+from bitsweep.kernels import wo_wgmma
+from bitsweep.kernels.packing import random_packed
 
 pytestmark = pytest.mark.skipif(not wo_wgmma.HAVE_GLUON, reason="this Triton has no Gluon")
 
@@ -144,7 +144,6 @@ def _sass_sm90(bm: int, group: int, bf16: bool, warps: int, u: int, stages: int,
     import sys
     root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ, TRITON_INTERPRET="0")
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     args = map(str, (bm, group, int(bf16), warps, u, stages, int(ws)))
     proc = subprocess.run([sys.executable, "-c", _SASS, __file__, *args], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -174,8 +173,8 @@ def test_wgmma_kernel_sass(bm, group, bf16, warps, u, stages, ws):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("group", [128, 64, 32, None])
 def test_wgmma_gemm_on_gpu(dtype, group):
-    from kernels._tuning import interpreting
-    from kernels.weight_only import weight_only_linear
+    from bitsweep.kernels._tuning import interpreting
+    from bitsweep.kernels.weight_only import weight_only_linear
     if interpreting() or not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("needs a compute capability 9.x GPU with TRITON_INTERPRET=0")
     k, n = 1024, 384  # N % 128 == 0: the 8-warp and warp-specialized configs too

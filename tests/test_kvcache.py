@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from methods.kvcache import (apply_activation_and_kv, needs_calibration, quantize_kv,
+from bitsweep.methods.core.kvcache import (apply_activation_and_kv, needs_calibration, quantize_kv,
                              residual_window_attention)
-from methods.qmodules import ActQuantizer, QuantLinear
-from methods.registry import ConfigError, build_method
-from methods.spec import KVSpec, QuantSpec
+from bitsweep.methods.core.qmodules import ActQuantizer, QuantLinear
+from bitsweep.methods.core.registry import ConfigError, build_method
+from bitsweep.methods.core.spec import KVSpec, QuantSpec
 
 
 def tiny_llama(seed: int = 0):

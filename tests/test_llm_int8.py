@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from methods.llm_int8 import Int8MixedLinear
-from methods.registry import ConfigError, build_method
-from methods.spec import QuantSpec
+from bitsweep.methods.weight_act.llm_int8 import Int8MixedLinear
+from bitsweep.methods.core.registry import ConfigError, build_method
+from bitsweep.methods.core.spec import QuantSpec
 
 W8A8 = {"weights": {"format": "int", "bits": 8, "granularity": "channel", "sym": True},
         "activations": {"format": "int", "bits": 8, "granularity": "token"}}
@@ -36,7 +36,7 @@ def test_threshold_inf_equals_plain_int8_vectorwise():
     ref = _vectorwise_int8_reference(x.reshape(-1, 32), lin.weight.data).reshape(2, 5, 24) + lin.bias
     assert torch.allclose(y, ref, atol=1e-5, rtol=1e-5)
     # and bit-for-bit the fake-quant form: dequantized per-token activations x dequantized rows
-    from methods.quantizers import quantize_activation
+    from bitsweep.methods.core.quantizers import quantize_activation
     xq = quantize_activation(x, 8, True, "token")
     wq = quantize_activation(lin.weight.data, 8, True, "token")
     assert torch.equal(y, torch.nn.functional.linear(xq, wq, lin.bias))
@@ -78,13 +78,13 @@ def test_method_on_tiny_llama_and_effective_bits():
     m = build_method({"name": "llm_int8"}, spec).convert(copy.deepcopy(model))
     n_mixed = sum(isinstance(x, Int8MixedLinear) for x in m.modules())
     assert n_mixed == 14 and isinstance(m.lm_head, nn.Linear)
-    from methods.qmodules import effective_bits
+    from bitsweep.methods.core.qmodules import effective_bits
     assert effective_bits(m) == pytest.approx(8 + 32 / 96, rel=0.1)
     with torch.no_grad():
         rel = (m(ids).logits - model(ids).logits).norm() / model(ids).logits.norm()
     assert rel < 0.02
     # the activation hook leaves its modules alone
-    from methods.kvcache import apply_activation_and_kv
+    from bitsweep.methods.core.kvcache import apply_activation_and_kv
     apply_activation_and_kv(m, spec)
     assert sum(isinstance(x, Int8MixedLinear) for x in m.modules()) == 14
 

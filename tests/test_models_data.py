@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from harness import data as hdata
-from harness.eval.ppl import Perplexity, ppl_from_nll, window_nll
-from harness.eval.base import EvalContext
-from harness.models import load_model, model_config
-from methods import ConfigError
+from bitsweep.harness import data as hdata
+from bitsweep.harness.eval.ppl import Perplexity, ppl_from_nll, window_nll
+from bitsweep.harness.eval.base import EvalContext
+from bitsweep.harness.models import load_model, model_config
+from bitsweep.methods import ConfigError
 
 
 @pytest.mark.parametrize("family", ["llama", "opt", "qwen2", "gpt_neox", "mistral"])

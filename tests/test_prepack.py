@@ -16,7 +16,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from harness.eval.prepack import (  # noqa: E402
+from bitsweep.harness.eval.prepack import (  # noqa: E402
     PackingUnsupportedError,
     PrepackedHFLM,
     block_causal_mask,
@@ -33,7 +33,7 @@ VOCAB = 320
 def tokenizer():
     from transformers import PreTrainedTokenizerFast
 
-    from harness.zoo.tokenizer import SPECIAL_TOKEN, train_tokenizer
+    from bitsweep.harness.zoo.tokenizer import SPECIAL_TOKEN, train_tokenizer
 
     texts = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "import os\nprint(os.sep)\n"] * 20
     tok = train_tokenizer(texts, vocab_size=VOCAB)

@@ -4,8 +4,8 @@ import itertools
 import pytest
 import torch
 
-from methods.quantizers import quantize_weight
-from methods.spec import QuantSpec, WeightSpec
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.spec import QuantSpec, WeightSpec
 
 
 def hand_rtn(groups: torch.Tensor, bits: int, sym: bool) -> torch.Tensor:
@@ -82,8 +82,8 @@ def test_effective_bits(spec, n, k, expected):
 
 
 def test_model_effective_bits_weights_by_size():
-    from methods import build_method
-    from methods.qmodules import effective_bits
+    from bitsweep.methods import build_method
+    from bitsweep.methods.core.qmodules import effective_bits
     net = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 256))
     spec = QuantSpec.from_dict({"weights": {"bits": 4, "granularity": "channel"}})
     build_method({"name": "rtn"}, spec).convert(net)
@@ -92,7 +92,7 @@ def test_model_effective_bits_weights_by_size():
 
 
 def test_activation_fake_quant_per_token():
-    from methods.quantizers import quantize_activation
+    from bitsweep.methods.core.quantizers import quantize_activation
     x = torch.tensor([[1.0, -2.0, 0.5], [100.0, 1.0, -1.0]])
     out = quantize_activation(x, bits=8, sym=True, granularity="token")
     # token 0: scale 2/127; token 1: scale 100/127 (outlier token does not hurt token 0)

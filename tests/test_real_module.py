@@ -7,9 +7,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from methods.qmodules import make_quant_module  # noqa: E402
-from methods.real import RealW8A8Linear, RealWeightOnlyLinear, to_real  # noqa: E402
-from methods.spec import ActSpec, QuantSpec, WeightSpec  # noqa: E402
+from bitsweep.methods.core.qmodules import make_quant_module  # noqa: E402
+from bitsweep.methods.core.real import RealW8A8Linear, RealWeightOnlyLinear, to_real  # noqa: E402
+from bitsweep.methods.core.spec import ActSpec, QuantSpec, WeightSpec  # noqa: E402
 
 
 def _swap(model: nn.Module, spec: QuantSpec) -> nn.Module:
@@ -66,7 +66,7 @@ def test_ineligible_layers_stay_fake_with_reason():
 
 def test_real_forward_equals_custom_op():
     """The torch.ops.bitsweep ops (what torch.compile sees) give the eager forward's numbers exactly."""
-    import kernels.ops  # noqa: F401  (registers torch.ops.bitsweep.*)
+    import bitsweep.kernels.ops  # noqa: F401  (registers torch.ops.bitsweep.*)
     spec = QuantSpec(weights=WeightSpec(bits=4, granularity="group", group_size=32, sym=False))
     real = _swap(_model(4), spec)
     to_real(real)

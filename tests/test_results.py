@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from harness.results import Store, atomic_write_json, config_hash
+from bitsweep.harness.results import Store, atomic_write_json, config_hash
 
 
 def test_hash_stable_across_key_order():
@@ -28,7 +28,7 @@ def test_hash_changes_with_any_numeric_field(path, value):
 
 def test_hash_ignores_paths_and_launcher(tmp_path):
     """plan_run hashes the same identity whatever the store path, launcher or device."""
-    from harness.run import plan_run
+    from bitsweep.harness.run import plan_run
     cfg = {"model": {"source": "tiny", "family": "llama"}, "method": {"name": "rtn"},
            "quant": {"weights": {"bits": 4, "granularity": "channel"}}, "eval": {"ppl": {}},
            "data": {}, "seed": 0, "device": "cpu", "store": str(tmp_path / "a")}
@@ -40,7 +40,7 @@ def test_hash_ignores_paths_and_launcher(tmp_path):
 
 
 def test_baseline_hash_ignores_quant(tmp_path):
-    from harness.run import plan_run
+    from bitsweep.harness.run import plan_run
     cfg = {"model": {"source": "tiny"}, "method": {"name": "none"}, "eval": {"ppl": {}},
            "seed": 0, "device": "cpu", "store": str(tmp_path)}
     a = plan_run({**cfg, "quant": {"weights": {"bits": 4}}}).hashes

@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 
-from methods.qmodules import QuantLinear
-from methods.registry import ConfigError, UnknownNameError, build_method
-from methods.rotation import (OnlineRotation, fwht, hadamard_like, randomized_hadamard, rotate_model,
+from bitsweep.methods.core.qmodules import QuantLinear
+from bitsweep.methods.core.registry import ConfigError, UnknownNameError, build_method
+from bitsweep.methods.weight_act.rotation import (OnlineRotation, fwht, hadamard_like, randomized_hadamard, rotate_model,
                               sylvester)
-from methods.spec import QuantSpec
+from bitsweep.methods.core.spec import QuantSpec
 
 W4A4 = {"weights": {"bits": 4, "granularity": "channel", "sym": True},
         "activations": {"bits": 4, "granularity": "token"}}

@@ -5,10 +5,10 @@ import pytest
 import torch
 import transformers as T
 
-from methods import QuantSpec, build_method
-from methods.engine import ScaledLinear, run_layerwise
-from methods.registry import ConfigError
-from methods.smoothquant import smooth_block, smooth_scales
+from bitsweep.methods import QuantSpec, build_method
+from bitsweep.methods.core.engine import ScaledLinear, run_layerwise
+from bitsweep.methods.core.registry import ConfigError
+from bitsweep.methods.weight_act.smoothquant import smooth_block, smooth_scales
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 

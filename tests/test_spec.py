@@ -4,9 +4,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from methods import ConfigError, QuantSpec, build_method
-from methods.qmodules import check_shapes
-from methods.registry import Method, MethodConfig, register_method
+from bitsweep.methods import ConfigError, QuantSpec, build_method
+from bitsweep.methods.core.qmodules import check_shapes
+from bitsweep.methods.core.registry import Method, MethodConfig, register_method
 
 
 @pytest.mark.parametrize("weights,field", [

@@ -12,12 +12,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
-import kernels  # noqa: E402
-import kernels.ops  # noqa: E402,F401  (registers torch.ops.bitsweep.*)
-from harness.eval import speed  # noqa: E402
-from harness.eval.base import build_evaluator  # noqa: E402
-from methods.real import RealW8A8Linear, RealWeightOnlyLinear  # noqa: E402
-from methods.registry import ConfigError  # noqa: E402
+import bitsweep.kernels.ops  # noqa: E402,F401  (registers torch.ops.bitsweep.*)
+from bitsweep.harness.eval import speed  # noqa: E402
+from bitsweep.harness.eval.base import build_evaluator  # noqa: E402
+from bitsweep.methods.core.real import RealW8A8Linear, RealWeightOnlyLinear  # noqa: E402
+from bitsweep.methods.core.registry import ConfigError  # noqa: E402
 
 
 def _w4(n: int = 48, k: int = 64, group: int = 32, bias: bool = True, seed: int = 0) -> RealWeightOnlyLinear:
@@ -26,7 +25,7 @@ def _w4(n: int = 48, k: int = 64, group: int = 32, bias: bool = True, seed: int 
     scale = torch.rand(n, k // group, generator=g) * 0.01 + 0.001
     zero = torch.randint(0, 16, (n, k // group), generator=g).float()
     b = torch.randn(n, generator=g) if bias else None
-    return RealWeightOnlyLinear(kernels.pack(codes, scale, zero, 4, group), b, torch.float32)
+    return RealWeightOnlyLinear(bitsweep.kernels.pack(codes, scale, zero, 4, group), b, torch.float32)
 
 
 def _w8a8(n: int = 48, k: int = 64) -> RealW8A8Linear:
@@ -118,7 +117,7 @@ def test_compile_step_falls_back_with_reason(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", boom)
     step = lambda: 1  # noqa: E731
-    with caplog.at_level(logging.WARNING, logger="harness.eval.speed"):
+    with caplog.at_level(logging.WARNING, logger="bitsweep.harness.eval.speed"):
         run, reason = speed.compile_step(step)
     assert run is step and reason == "RuntimeError: boom: no compiler here"
     assert "torch.compile failed" in caplog.text and "boom" in caplog.text
@@ -154,8 +153,8 @@ def test_pdl_key_composes_and_is_hashed_only_when_on(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from harness.app import conf_dir, to_plain
-    from harness.run import _eval_identity, plan_run
+    from bitsweep.harness.app import conf_dir, to_plain
+    from bitsweep.harness.run import _eval_identity, plan_run
 
     def cfg(*extra):
         GlobalHydra.instance().clear()
@@ -176,7 +175,7 @@ def test_pdl_key_composes_and_is_hashed_only_when_on(tmp_path):
 def test_pdl_mode_sets_and_restores_both_flags():
     import torch._inductor.config as inductor_config
 
-    from kernels import weight_only
+    from bitsweep.kernels import weight_only
     before = inductor_config.triton.enable_pdl, weight_only.USE_PDL
     with speed.pdl_mode(True):
         assert inductor_config.triton.enable_pdl is True and weight_only.USE_PDL is True

@@ -3,13 +3,13 @@ import pytest
 import torch
 import transformers as T
 
-from methods import QuantSpec, build_method
-from methods.gptq import Hessian
-from methods.qmodules import QuantLinear, effective_bits
-from methods.quantizers import quantize_weight
-from methods.registry import ConfigError
-from methods.spec import WeightSpec
-from methods.spqr import SpQRConfig, loo_reduction, quantize_stat, spqr_quantize
+from bitsweep.methods import QuantSpec, build_method
+from bitsweep.methods.weight_only.gptq import Hessian
+from bitsweep.methods.core.qmodules import QuantLinear, effective_bits
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError
+from bitsweep.methods.core.spec import WeightSpec
+from bitsweep.methods.weight_only.spqr import SpQRConfig, loo_reduction, quantize_stat, spqr_quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one BLAS thread
 

@@ -1,4 +1,4 @@
-"""Tests of harness.zoo: stdlib corpus, tokenizer, spec registry, trainer, shipped default model."""
+"""Tests of bitsweep.harness.zoo: stdlib corpus, tokenizer, spec registry, trainer, shipped default model."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from harness.zoo import (
+from bitsweep.harness.zoo import (
     DEFAULT_MODEL, SPECS, UnknownZooModelError, ZooModelNotTrainedError, is_trained, list_models,
     load_zoo_model, zoo_path,
 )
-from harness.zoo.card import rtn_fake_quant
-from harness.zoo.corpus import SPLITS, build_corpus, split_of
-from harness.zoo.specs import TrainRecipe, ZooSpec, get_spec
-from harness.zoo.tokenizer import train_tokenizer
-from harness.zoo.train import evaluate_ppl, lr_at, parse_overrides, prepare_data, train
+from bitsweep.harness.zoo.card import rtn_fake_quant
+from bitsweep.harness.zoo.corpus import SPLITS, build_corpus, split_of
+from bitsweep.harness.zoo.specs import TrainRecipe, ZooSpec, get_spec
+from bitsweep.harness.zoo.tokenizer import train_tokenizer
+from bitsweep.harness.zoo.train import evaluate_ppl, lr_at, parse_overrides, prepare_data, train
 
 WORDS = ["alpha", "beta", "gamma", "delta", "value", "index", "result", "items", "count", "name"]
 
@@ -228,7 +228,7 @@ def test_tiny_training_run_lowers_loss(fake_stdlib, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_shipped_model_test_ppl_matches_card():
-    from harness.zoo.card import measure
+    from bitsweep.harness.zoo.card import measure
 
     evals = json.loads((zoo_path(DEFAULT_MODEL) / "eval.json").read_text())
     fresh = measure(DEFAULT_MODEL, rtn=False)
@@ -236,7 +236,7 @@ def test_shipped_model_test_ppl_matches_card():
 
 
 def test_train_cli_bad_input_exit_code_2(capsys):
-    from harness.zoo.train import main
+    from bitsweep.harness.zoo.train import main
 
     assert main(["stdlib-llama-4n"]) == 2
     assert "valid choices" in capsys.readouterr().err

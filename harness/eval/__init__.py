@@ -1,4 +1,4 @@
-"""Evaluators: registered by name (``harness.eval.base``); built-ins import lazily.
+"""Evaluators: registered by name (``bitsweep.harness.eval.base``); built-ins import lazily.
 
 Each built-in lives in its own module; importing this package registers the
 lazy names so lookups (and "did you mean") see them all without importing
@@ -10,10 +10,10 @@ from .base import EVALUATORS, EvalContext, Evaluator, MetricRow, build_evaluator
 
 # name -> module that registers it (imported on first lookup)
 _BUILTIN = {
-    "ppl": "harness.eval.ppl",
-    "lmeval": "harness.eval.lmeval",
-    "speed": "harness.eval.speed",
-    "memory": "harness.eval.memory",
+    "ppl": "bitsweep.harness.eval.ppl",
+    "lmeval": "bitsweep.harness.eval.lmeval",
+    "speed": "bitsweep.harness.eval.speed",
+    "memory": "bitsweep.harness.eval.memory",
 }
 for _name, _mod in _BUILTIN.items():
     EVALUATORS.register_lazy(_name, _mod)

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from methods.registry import Registry, build_dataclass
+from bitsweep.methods.core.registry import Registry, build_dataclass
 
 
 @dataclass

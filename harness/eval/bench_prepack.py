@@ -1,11 +1,11 @@
 """Benchmark: prepacked vs lm-eval's padded HF batching for loglikelihood requests.
 
-``python -m harness.eval.bench_prepack [--out results/eval_speed] [--name h100]
+``python -m bitsweep.harness.eval.bench_prepack [--out results/eval_speed] [--name h100]
 [--batch-sizes 32 64] [--hidden 2048 --layers 16 ...]`` builds a Llama-shaped
 random-weight model (default ~1.0B parameters, bf16, SDPA) on the GPU and times
 ``HFLM._loglikelihood_tokens`` (lm-eval's default path: requests sorted by length,
 right-padded batches, full-vocab log-softmax, one-token-continuation cache) against
-:class:`harness.eval.prepack.PrepackedHFLM` on the same pre-tokenized requests, at
+:class:`bitsweep.harness.eval.prepack.PrepackedHFLM` on the same pre-tokenized requests, at
 each batch size (padded: sequences per forward; packed: rows per forward, row length =
 longest request).
 
@@ -58,8 +58,8 @@ def build_tokenizer(vocab: int):
     """Byte-level BPE trained on the corpus train split (offline), as a HF fast tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
-    from harness.zoo.corpus import build_corpus
-    from harness.zoo.tokenizer import SPECIAL_TOKEN, train_tokenizer
+    from bitsweep.harness.zoo.corpus import build_corpus
+    from bitsweep.harness.zoo.tokenizer import SPECIAL_TOKEN, train_tokenizer
 
     texts = [t for _, t in build_corpus().documents("train")][:200]
     tok = train_tokenizer(texts, vocab_size=vocab)
@@ -69,7 +69,7 @@ def build_tokenizer(vocab: int):
 
 def task_requests(lm, n: int | None = None) -> tuple[list, list[tuple[int, int]]]:
     """Tokenized stdlib_nextline requests (4 per doc) and per doc (first request index, label)."""
-    from harness.tasks import TASKS_DIR, load_jsonl
+    from bitsweep.harness.tasks import TASKS_DIR, load_jsonl
 
     rows = load_jsonl(TASKS_DIR / "stdlib_nextline" / "stdlib_nextline.jsonl")[:n]
     reqs, docs = [], []
@@ -133,7 +133,7 @@ def fp32_check(model, tok, reqs) -> dict:
     """Padded vs packed on the same requests with the model cast to float32 (precision, not speed)."""
     from lm_eval.models.huggingface import HFLM
 
-    from harness.eval.prepack import PrepackedHFLM
+    from bitsweep.harness.eval.prepack import PrepackedHFLM
 
     model.float()
     padded = HFLM(pretrained=model, tokenizer=tok, batch_size=16)._loglikelihood_tokens(reqs, disable_tqdm=True)
@@ -149,7 +149,7 @@ def fp32_check(model, tok, reqs) -> dict:
 def run(args) -> dict:
     from lm_eval.models.huggingface import HFLM
 
-    from harness.eval.prepack import PrepackedHFLM
+    from bitsweep.harness.eval.prepack import PrepackedHFLM
 
     device = args.device
     model = build_model(args, device)
@@ -198,7 +198,7 @@ def run(args) -> dict:
                   "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
                   "kv_heads": args.kv_heads, "ffn": args.ffn, "vocab": args.vocab},
         "weights_gib": weights / 2**30, "results": rows,
-        "command": "python -m harness.eval.bench_prepack " + " ".join(args.argv),
+        "command": "python -m bitsweep.harness.eval.bench_prepack " + " ".join(args.argv),
     }
 
 

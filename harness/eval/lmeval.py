@@ -3,7 +3,7 @@
 Contract
 --------
 The model is wrapped as ``HFLM(pretrained=model, tokenizer=tok, batch_size=...)`` (or
-:class:`harness.eval.prepack.PrepackedHFLM` when ``packing=true``) and handed to
+:class:`bitsweep.harness.eval.prepack.PrepackedHFLM` when ``packing=true``) and handed to
 ``lm_eval.simple_evaluate`` with a ``TaskManager`` whose include path always holds
 bitsweep's packaged local tasks (``harness/tasks``; task names such as
 ``stdlib_nextline`` resolve without configuring a path) plus any ``include_path`` given.
@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
-from harness.tasks import TASKS_DIR, LocalTaskError, read_task_yaml
+from bitsweep.harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
+from bitsweep.harness.tasks import TASKS_DIR, LocalTaskError, read_task_yaml
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def scan_local_tasks(roots: list[Path]) -> dict[str, Path]:
 
 def check_local_data(name: str, yaml_path: Path) -> None:
     """Parse a local task's jsonl files now, so a bad line fails with file:line before any model call."""
-    from harness.tasks import load_jsonl
+    from bitsweep.harness.tasks import load_jsonl
 
     cfg = read_task_yaml(yaml_path)
     files = (cfg.get("dataset_kwargs") or {}).get("data_files")
@@ -246,7 +246,7 @@ def build_lm(model, tokenizer, config: LmevalConfig):
     kwargs = {"pretrained": model, "tokenizer": tokenizer, "batch_size": config.batch_size,
               "max_batch_size": config.max_batch_size, "max_length": config.max_length}
     if config.packing:
-        from harness.eval.prepack import PrepackedHFLM
+        from bitsweep.harness.eval.prepack import PrepackedHFLM
 
         return PrepackedHFLM(**kwargs)
     from lm_eval.models.huggingface import HFLM

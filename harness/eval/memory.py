@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
+from bitsweep.harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -40,7 +40,7 @@ def effective_bits(model: nn.Module) -> float:
         if hasattr(m, "effective_bits"):
             bits = float(m.effective_bits)
         elif hasattr(m, "bits") and hasattr(m, "group_size"):
-            from kernels.packing import effective_bits as eb
+            from bitsweep.kernels.packing import effective_bits as eb
             bits = eb(m.bits, m.group_size, m.sym)
         elif hasattr(m, "wq"):
             bits = 8.0 + 32.0 / m.in_features

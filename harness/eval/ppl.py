@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness.data import eval_windows
-from harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
+from bitsweep.harness.data import eval_windows
+from bitsweep.harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
 
 
 def model_max_length(model) -> int | None:

@@ -7,7 +7,7 @@ so launch overhead is not what is measured (the row's ``mode`` tag says whether
 the graph ran). Prefill is one forward of ``prefill_tokens`` tokens at batch 1.
 With ``compile: true`` the decode step and the prefill forward are wrapped in
 ``torch.compile`` (``compile_mode``, fullgraph=False, dynamic=False; real
-quantized linears are opaque custom ops, see ``kernels.ops``), warmed up
+quantized linears are opaque custom ops, see ``bitsweep.kernels.ops``), warmed up
 (compiled) eagerly, then captured in the CUDA graph as above; the mode tag
 reads "static+compile+graph". If compiling raises, the uncompiled step is timed,
 the reason is logged, and the tag says "compile failed" -- never silently.
@@ -32,8 +32,8 @@ from typing import Callable
 
 import torch
 
-from harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
-from methods.registry import ConfigError
+from bitsweep.harness.eval.base import EvalContext, Evaluator, MetricRow, register_evaluator
+from bitsweep.methods.core.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,11 @@ def compile_step(step: Callable[[], object], mode: str = "default", backend: str
 def pdl_mode(enabled: bool):
     """Programmatic dependent launch on or off for what runs inside: inductor's generated kernels
     (``torch._inductor.config.triton.enable_pdl``, read when a graph is compiled) and bitsweep's M=1 GEMV
-    (``kernels.weight_only.USE_PDL``). With it, a kernel may start while the one before it finishes
+    (``bitsweep.kernels.weight_only.USE_PDL``). With it, a kernel may start while the one before it finishes
     (sm_90+; elsewhere the flags have no effect). Restores both flags on exit."""
     import torch._inductor.config as inductor_config
 
-    from kernels import weight_only
+    from bitsweep.kernels import weight_only
     old = inductor_config.triton.enable_pdl, weight_only.USE_PDL
     inductor_config.triton.enable_pdl = weight_only.USE_PDL = bool(enabled)
     try:

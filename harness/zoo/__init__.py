@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from methods.registry import ConfigError
-from harness.zoo.specs import DEFAULT_MODEL, SPECS, UnknownZooModelError, ZooSpec, get_spec
+from bitsweep.methods.core.registry import ConfigError
+from bitsweep.harness.zoo.specs import DEFAULT_MODEL, SPECS, UnknownZooModelError, ZooSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def load_zoo_model(name: str, dtype: torch.dtype = torch.float32, device: str | 
     if not is_trained(name):
         raise ZooModelNotTrainedError(
             f"zoo model {name!r} is defined but not trained (no weights in {path}); train it with "
-            f"`bitsweep zoo train {name}` or `python -m harness.zoo.train {name} --device cuda`"
+            f"`bitsweep zoo train {name}` or `python -m bitsweep.harness.zoo.train {name} --device cuda`"
         )
     model = LlamaForCausalLM.from_pretrained(
         str(path), use_safetensors=True, dtype=dtype, local_files_only=True

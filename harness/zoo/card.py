@@ -4,7 +4,7 @@ Contract
 --------
 ``measure(name, max_chunks=None) -> dict`` loads the shipped folder (fp16 weights, computed in
 fp32 on CPU), tokenizes the corpus splits HERE with the folder's tokenizer and reports
-perplexity with the standard protocol (``harness.zoo.train.evaluate_ppl``: concatenate the
+perplexity with the standard protocol (``bitsweep.harness.zoo.train.evaluate_ppl``: concatenate the
 split's documents with a blank line, non-overlapping chunks of
 ``min(2048, max_position_embeddings)`` tokens, remainder dropped, exp of the mean NLL over all
 predicted tokens). It also runs a quick sanity check of quantization sensitivity: round-to-
@@ -14,7 +14,7 @@ to the zoo (it is not ``methods/``'s RTN, which the harness uses for real result
 
 ``write_card(name, evals)`` renders MODEL_CARD.md from ``train_log.json`` and ``eval.json``.
 
-CLI: ``python -m harness.zoo.card stdlib-llama-4m`` (measure, write eval.json and the card).
+CLI: ``python -m bitsweep.harness.zoo.card stdlib-llama-4m`` (measure, write eval.json and the card).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from harness.zoo import load_zoo_model, zoo_path
-from harness.zoo.corpus import build_corpus
-from harness.zoo.specs import get_spec
-from harness.zoo.train import evaluate_ppl
+from bitsweep.harness.zoo import load_zoo_model, zoo_path
+from bitsweep.harness.zoo.corpus import build_corpus
+from bitsweep.harness.zoo.specs import get_spec
+from bitsweep.harness.zoo.train import evaluate_ppl
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +175,11 @@ def write_card(name: str, evals: dict, selection: dict | None = None) -> Path:
         "### Re-train", "",
         "```bash",
         "# 1. here (the machine whose stdlib is the corpus): tokenize into a data folder",
-        f"python -m harness.zoo.train {name} --data scratch/zoo/data --prepare-only",
+        f"python -m bitsweep.harness.zoo.train {name} --data scratch/zoo/data --prepare-only",
         "# 2. on a GPU (the data folder travels; the other machine's stdlib is not used)",
-        f"python -m harness.zoo.train {name} --data scratch/zoo/data --device cuda --out harness/zoo/models/{name}",
+        f"python -m bitsweep.harness.zoo.train {name} --data scratch/zoo/data --device cuda --out harness/zoo/models/{name}",
         "# 3. back here: measure perplexities on CPU and regenerate this card",
-        f"python -m harness.zoo.card {name}",
+        f"python -m bitsweep.harness.zoo.card {name}",
         "```", "",
         "`bitsweep zoo train NAME` runs steps 1 and 2 in one go on one machine.", "",
         "## Evaluation (16-bit)", "",
@@ -205,7 +205,7 @@ def write_card(name: str, evals: dict, selection: dict | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.zoo.card", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bitsweep.harness.zoo.card", description=__doc__.split("\n")[0])
     parser.add_argument("name")
     parser.add_argument("--selection", default=None,
                         help="JSON describing the recipe sweep; copied to the folder's recipe_sweep.json and shown in the card")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import asdict, dataclass, field
 
-from methods.registry import ConfigError
+from bitsweep.methods.core.registry import ConfigError
 
 DEFAULT_MODEL = "stdlib-llama-4m"
 

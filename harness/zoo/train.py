@@ -19,8 +19,8 @@ predicted tokens of all chunks; ``seqlen - 1`` per chunk).
 
 CLI::
 
-    python -m harness.zoo.train stdlib-llama-4m --data scratch/zoo/data --prepare-only
-    python -m harness.zoo.train stdlib-llama-4m --data scratch/zoo/data --device cuda --out DIR
+    python -m bitsweep.harness.zoo.train stdlib-llama-4m --data scratch/zoo/data --prepare-only
+    python -m bitsweep.harness.zoo.train stdlib-llama-4m --data scratch/zoo/data --device cuda --out DIR
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.zoo.corpus import SPLITS, build_corpus
-from harness.zoo.specs import TrainRecipe, get_spec
-from harness.zoo.tokenizer import encode_text, save_tokenizer, train_tokenizer
+from bitsweep.harness.zoo.corpus import SPLITS, build_corpus
+from bitsweep.harness.zoo.specs import TrainRecipe, get_spec
+from bitsweep.harness.zoo.tokenizer import encode_text, save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def train(name: str, device: str = "cpu", out_dir: str | Path | None = None,
     """
     from transformers import LlamaForCausalLM
 
-    from harness.zoo import zoo_path
+    from bitsweep.harness.zoo import zoo_path
 
     spec = get_spec(name)
     recipe = dataclasses.replace(spec.recipe, **recipe_overrides)
@@ -268,8 +268,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.zoo.train", description=__doc__.split("\n")[0])
-    parser.add_argument("name", help="zoo model name (see harness.zoo.list_models)")
+    parser = argparse.ArgumentParser(prog="python -m bitsweep.harness.zoo.train", description=__doc__.split("\n")[0])
+    parser.add_argument("name", help="zoo model name (see bitsweep.harness.zoo.list_models)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="model folder to write (default: the zoo path)")
     parser.add_argument("--data", default=None, help="prepared token folder (prepared here if missing)")

@@ -15,7 +15,7 @@ column is reached, from the error-updated weights (the reference code's behaviou
 or once from the original weights (``static_groups``); ``channel`` / ``tensor``:
 from the original weights; ``input_channel`` (AdaDim's per-IC grouping): from the
 current column when it is reached. INT formats produce codes + scale + zero (the
-packed layout); any other format of ``methods.formats`` is quantized column by
+packed layout); any other format of ``bitsweep.methods.core.formats`` is quantized column by
 column with its group scales (``group_scales`` of the current weights at a group's
 first column, then ``apply_scales``), fake-quant only.
 
@@ -36,12 +36,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engine import BlockContext, check_propagate, InputScale, run_layerwise
-from .formats import get_format
-from .qmodules import ActQuantizer, make_quant_module, quantizable_modules, set_module
-from .quantizers import QuantizedWeight, group_size_for, int_qparams
-from .registry import ConfigError, Method, MethodConfig, build_dataclass, register_method
-from .spec import ActSpec, QuantSpec, WeightSpec
+from bitsweep.methods.core.engine import BlockContext, check_propagate, InputScale, run_layerwise
+from bitsweep.methods.core.formats import get_format
+from bitsweep.methods.core.qmodules import ActQuantizer, make_quant_module, quantizable_modules, set_module
+from bitsweep.methods.core.quantizers import QuantizedWeight, group_size_for, int_qparams
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, build_dataclass, register_method
+from bitsweep.methods.core.spec import ActSpec, QuantSpec, WeightSpec
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +396,6 @@ class GPTQ(Method):
     def convert(self, model):
         if not getattr(self, "_calibrated", False):
             raise RuntimeError("gptq: convert() called before calibrate(model, batches)")
-        from .structure import find_blocks
+        from bitsweep.methods.core.structure import find_blocks
         rtn_outside_blocks(model, self.spec, find_blocks(model)[0])
         return model

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import BlockContext, check_propagate, run_layerwise
-from .gptq import (Hessian, prepare_hessian, require_batches, rtn_outside_blocks,
+from bitsweep.methods.core.engine import BlockContext, check_propagate, run_layerwise
+from bitsweep.methods.weight_only.gptq import (Hessian, prepare_hessian, require_batches, rtn_outside_blocks,
                    static_act_quantizer, with_input_scale, _scaled_input)
-from .qmodules import make_quant_module
-from .quantizers import minmax_qparams
-from .registry import ConfigError, Method, MethodConfig, register_method
+from bitsweep.methods.core.qmodules import make_quant_module
+from bitsweep.methods.core.quantizers import minmax_qparams
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, register_method
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,6 @@ class SpQR(Method):
     def convert(self, model):
         if not hasattr(self, "block_info"):
             raise RuntimeError("spqr: convert() called before calibrate(model, batches)")
-        from .structure import find_blocks
+        from bitsweep.methods.core.structure import find_blocks
         rtn_outside_blocks(model, self.spec, find_blocks(model)[0])
         return model

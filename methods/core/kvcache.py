@@ -5,7 +5,7 @@ Entry point (the runner calls it after ``method.convert`` for every method)::
     apply_activation_and_kv(model, spec, calib_batches=None) -> model
 
 * **Activations** (``spec.activations``): every linear the spec admits gets an
-  :class:`methods.qmodules.ActQuantizer` if the method did not attach one (plain
+  :class:`bitsweep.methods.core.qmodules.ActQuantizer` if the method did not attach one (plain
   ``nn.Linear`` left by the method are swapped for a 16-bit-weight ``QuantLinear``;
   modules that quantize their own inputs, ``handles_activations = True`` such as
   LLM.int8()'s, are left alone). Per-token dynamic needs no data; a static
@@ -57,10 +57,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .formats import get_format
-from .qmodules import ActQuantizer, QuantLinear, make_quant_module, set_module
-from .registry import ConfigError
-from .spec import ActSpec, KVSpec, QuantSpec
+from bitsweep.methods.core.formats import get_format
+from bitsweep.methods.core.qmodules import ActQuantizer, QuantLinear, make_quant_module, set_module
+from bitsweep.methods.core.registry import ConfigError
+from bitsweep.methods.core.spec import ActSpec, KVSpec, QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def apply_activation_and_kv(model: nn.Module, spec: QuantSpec,
         if not spec.activations.dynamic:
             if calib_batches is None:
                 raise ConfigError("quant.activations.dynamic=false needs calibration batches: "
-                                  "pass calib_batches (see methods.kvcache.needs_calibration)")
+                                  "pass calib_batches (see bitsweep.methods.core.kvcache.needs_calibration)")
             calibrate_static_activations(model, calib_batches)
     if spec.kv_cache is not None:
         apply_kv_cache(model, spec.kv_cache)

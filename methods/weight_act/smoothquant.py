@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import BlockContext, check_propagate, run_layerwise, scale_inputs
-from .gptq import require_batches, round_block, rtn_outside_blocks, validate_base
-from .registry import ConfigError, Method, MethodConfig, register_method
+from bitsweep.methods.core.engine import BlockContext, check_propagate, run_layerwise, scale_inputs
+from bitsweep.methods.weight_only.gptq import require_batches, round_block, rtn_outside_blocks, validate_base
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, register_method
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,6 @@ class SmoothQuant(Method):
     def convert(self, model):
         if not hasattr(self, "block_info"):
             raise RuntimeError("smoothquant: convert() called before calibrate(model, batches)")
-        from .structure import find_blocks
+        from bitsweep.methods.core.structure import find_blocks
         rtn_outside_blocks(model, self.spec, find_blocks(model)[0])
         return model

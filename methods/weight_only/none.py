@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import Method, MethodConfig, register_method
+from bitsweep.methods.core.registry import Method, MethodConfig, register_method
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,15 @@ for every quantized layer; the run record stores it. Two real kinds:
 
 * ``RealWeightOnlyLinear``: INT weights of 2/3/4/8 bits, group 32/64/128 or
   per-channel, any zero (fractional too), no activation quantization; packed
-  with ``kernels.packing.pack`` and run by ``kernels.weight_only_linear``.
+  with ``bitsweep.kernels.packing.pack`` and run by ``bitsweep.kernels.weight_only_linear``.
 * ``RealW8A8Linear``: INT8 symmetric per-channel weights (zero == 128) with
-  dynamic per-token INT8 activations; run by ``kernels.w8a8_linear``
+  dynamic per-token INT8 activations; run by ``bitsweep.kernels.w8a8_linear``
   (fused per-token quantize + INT8 GEMM with scale epilogue). The kernel's
   activation scale is absmax/127 where the fake quantizer uses 2*absmax/255,
   so outputs agree to activation-rounding noise, not bit for bit.
 
 Both forwards are ``torch.compile``-friendly: under dynamo tracing they call the
-custom ops of ``kernels.ops`` (``torch.ops.bitsweep.*``, opaque to the
+custom ops of ``bitsweep.kernels.ops`` (``torch.ops.bitsweep.*``, opaque to the
 compiler, with fake impls for shapes); in eager mode they call the same kernel
 functions directly, skipping the custom-op dispatcher's ~10-20 us of host
 overhead per call, so eager numbers are those of the kernels either way. Run
@@ -32,12 +32,12 @@ import logging
 import torch
 from torch import nn
 
-import kernels
-from kernels import ops
-from kernels._tuning import interpreting
-from kernels.packing import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, PackedWeight
+from bitsweep import kernels
+from bitsweep.kernels import ops
+from bitsweep.kernels._tuning import interpreting
+from bitsweep.kernels.packing import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, PackedWeight
 
-from .qmodules import QuantLinear
+from bitsweep.methods.core.qmodules import QuantLinear
 
 log = logging.getLogger(__name__)
 

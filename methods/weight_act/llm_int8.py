@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import QuantizedWeight, quantize_activation
-from .qmodules import quantizable_modules, set_module
-from .registry import ConfigError, Method, MethodConfig, register_method
+from bitsweep.methods.core.quantizers import QuantizedWeight, quantize_activation
+from bitsweep.methods.core.qmodules import quantizable_modules, set_module
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, register_method
 
 OUTLIER_WEIGHTS = ("int8", "fp16")
 

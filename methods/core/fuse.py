@@ -22,13 +22,13 @@ Members must also agree on in_features, dtype, device and bias presence.
 Fusion never changes what a row computes, but a GEMM of another shape may
 pick another kernel config / reduction order, so outputs can differ in the
 last bits on CUDA (the run record's config hash includes ``fuse``; see
-harness.run).
+bitsweep.harness.run).
 
 Discovery (a documented simple rule, not name matching): hooks on every
 linear-like leaf (``in_features`` / ``out_features``), one forward on a
-1-token dummy input (``methods.structure.dummy_input``; ``example`` overrides);
+1-token dummy input (``bitsweep.methods.core.structure.dummy_input``; ``example`` overrides);
 modules called on the very same tensor object are siblings. A group is split by
-``methods.structure.is_attention`` into its attention part (kind ``qkv``) and
+``bitsweep.methods.core.structure.is_attention`` into its attention part (kind ``qkv``) and
 its MLP part (kind ``gate_up``); a part with fewer than two members, or whose
 kind is not asked for, stays as is. Call order in the trace is the order the
 members run in.
@@ -71,10 +71,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels.packing import PackedWeight
+from bitsweep.kernels.packing import PackedWeight
 
-from .real import RealWeightOnlyLinear
-from .structure import dummy_input, is_attention
+from bitsweep.methods.core.real import RealWeightOnlyLinear
+from bitsweep.methods.core.structure import dummy_input, is_attention
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .formats import get_format
-from .spec import WeightSpec
+from bitsweep.methods.core.formats import get_format
+from bitsweep.methods.core.spec import WeightSpec
 
 
 @dataclass

@@ -11,7 +11,7 @@ Contract
    cache flags; ``use_cache=False``) and stops the forward pass. Keyword tensors
    equal to batch 0's are shared, not copied.
 2. For each block: move it to ``device``; call ``process(ctx)`` with a
-   :class:`BlockContext` (the block, its discovered :class:`~methods.structure.BlockLayout`,
+   :class:`BlockContext` (the block, its discovered :class:`~bitsweep.methods.core.structure.BlockLayout`,
    ``ctx.forward(hooks)`` to run the block over every calibration batch with
    per-linear hooks, ``ctx.replace(name, module)`` to swap a linear); then produce
    the next block's inputs -- from the *processed* block (``propagate="quantized"``,
@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .structure import BlockLayout, find_blocks, layout_from_inputs, run_block
+from bitsweep.methods.core.structure import BlockLayout, find_blocks, layout_from_inputs, run_block
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ PROPAGATE = ("quantized", "fp")
 def check_propagate(method: str, value: str) -> None:
     """ConfigError unless ``value`` is a valid ``propagate`` mode."""
     if value not in PROPAGATE:
-        from methods.registry import ConfigError
+        from bitsweep.methods.core.registry import ConfigError
         raise ConfigError(f"method '{method}': propagate={value!r}; valid: {', '.join(PROPAGATE)}")
 Hook = Callable[[torch.Tensor, torch.Tensor], None]  # (input x [.., K], output y [.., N])
 
@@ -258,7 +258,7 @@ class LayerwiseResult:
 
 
 def _discover(block0: nn.Module, cap: Captured, dev: torch.device) -> BlockLayout:
-    """Block layout (methods.structure) from the first captured batch."""
+    """Block layout (bitsweep.methods.core.structure) from the first captured batch."""
     home = next(block0.parameters()).device
     block0.to(dev)
     try:

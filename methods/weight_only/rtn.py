@@ -1,7 +1,7 @@
 """Method ``rtn``: round-to-nearest, data-free.
 
 Every module the spec admits gets its weight quantized with min/max scales per
-group (``methods.quantizers``, GPTQ's convention: asymmetric ranges include 0;
+group (``bitsweep.methods.core.quantizers``, GPTQ's convention: asymmetric ranges include 0;
 symmetric ranges are +-absmax) -- the baseline every PTQ paper compares against
 (e.g. GPTQ, arXiv 2210.17323, "RTN" rows; their ``--nearest`` path uses the same
 quantizer). Activations / KV cache, if in the spec, get dynamic fake quantizers.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .qmodules import make_quant_module, quantizable_modules, set_module
-from .registry import Method, MethodConfig, register_method
+from bitsweep.methods.core.qmodules import make_quant_module, quantizable_modules, set_module
+from bitsweep.methods.core.registry import Method, MethodConfig, register_method
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ A spec has three optional parts and a module filter:
 * ``skip`` / ``only``: fnmatch patterns over module names (``lm_head`` skipped by default).
 
 Everything is a frozen dataclass built from the Hydra dict with unknown keys
-rejected (:func:`methods.registry.build_dataclass`); :meth:`QuantSpec.validate`
+rejected (:func:`bitsweep.methods.core.registry.build_dataclass`); :meth:`QuantSpec.validate`
 checks values and names the bad field. ``effective_bits`` counts storage of
 scales and zero points: it is the leaderboard's bits axis.
 """
@@ -20,8 +20,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from .formats import get_format
-from .registry import ConfigError, build_dataclass
+from bitsweep.methods.core.formats import get_format
+from bitsweep.methods.core.registry import ConfigError, build_dataclass
 
 GRANULARITIES = ("tensor", "channel", "group", "input_channel")
 ACT_GRANULARITIES = ("token", "tensor", "group")

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import BlockContext, check_propagate, run_layerwise
-from .gptq import (GPTQConfig, Hessian, base_gptq_config, _scaled_input, gptq_quantize, require_batches,
+from bitsweep.methods.core.engine import BlockContext, check_propagate, run_layerwise
+from bitsweep.methods.weight_only.gptq import (GPTQConfig, Hessian, base_gptq_config, _scaled_input, gptq_quantize, require_batches,
                    rtn_outside_blocks, static_act_quantizer, validate_base, with_input_scale)
-from .qmodules import make_quant_module
-from .quantizers import quantize_weight
-from .registry import ConfigError, Method, MethodConfig, register_method
-from .spec import QuantSpec, WeightSpec
+from bitsweep.methods.core.qmodules import make_quant_module
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, register_method
+from bitsweep.methods.core.spec import QuantSpec, WeightSpec
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,6 @@ class AdaDim(Method):
     def convert(self, model):
         if not hasattr(self, "choices"):
             raise RuntimeError("adadim: convert() called before calibrate(model, batches)")
-        from .structure import find_blocks
+        from bitsweep.methods.core.structure import find_blocks
         rtn_outside_blocks(model, self.spec, find_blocks(model)[0])
         return model

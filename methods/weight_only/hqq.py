@@ -20,7 +20,7 @@ Option ``optimize_scale`` (off in the reference, "and optionally scale" in the p
 framing): after each zero update, the scale is refit by least squares,
 ``s = <q - z, W - W_e> / ||q - z||^2`` per group.
 
-Output is GPTQ's convention (``methods.quantizers``): unsigned codes, ``w_hat =
+Output is GPTQ's convention (``bitsweep.methods.core.quantizers``): unsigned codes, ``w_hat =
 scale * (q - zero)`` with a float (unrounded) zero point, as HQQ stores it.
 Asymmetric INT only (the zero point is what HQQ optimises).
 """
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .qmodules import make_quant_module, quantizable_modules, set_module, weight_matrix
-from .quantizers import QuantizedWeight, _from_groups, _grouped, group_size_for
-from .registry import ConfigError, Method, MethodConfig, register_method
-from .spec import WeightSpec
+from bitsweep.methods.core.qmodules import make_quant_module, quantizable_modules, set_module, weight_matrix
+from bitsweep.methods.core.quantizers import QuantizedWeight, _from_groups, _grouped, group_size_for
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, register_method
+from bitsweep.methods.core.spec import WeightSpec
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:

@@ -4,7 +4,7 @@ Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
 Acceleration", MLSys 2024; follows llm-awq's algorithm (auto_scale, then auto_clip).
 
 Per block, on calibration inputs, for each group of linears sharing an input
-(``methods.structure``: qkv, o, gate+up / fc1, down / fc2):
+(``bitsweep.methods.core.structure``: qkv, o, gate+up / fc1, down / fc2):
 
 1. Scale search: s = mean_tokens|x|^alpha (normalised by sqrt(max s * min s)),
    alpha on the grid {0, 1/n_grid, ..., (n_grid-1)/n_grid}; pick the alpha with the
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import BlockContext, check_propagate, run_layerwise, scale_inputs
-from .gptq import require_batches, round_block, rtn_outside_blocks, validate_base
-from .quantizers import quantize_weight
-from .registry import ConfigError, Method, MethodConfig, register_method
-from .spec import WeightSpec
+from bitsweep.methods.core.engine import BlockContext, check_propagate, run_layerwise, scale_inputs
+from bitsweep.methods.weight_only.gptq import require_batches, round_block, rtn_outside_blocks, validate_base
+from bitsweep.methods.core.quantizers import quantize_weight
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, register_method
+from bitsweep.methods.core.spec import WeightSpec
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,6 @@ class AWQ(Method):
     def convert(self, model):
         if not hasattr(self, "block_info"):
             raise RuntimeError("awq: convert() called before calibrate(model, batches)")
-        from .structure import find_blocks
+        from bitsweep.methods.core.structure import find_blocks
         rtn_outside_blocks(model, self.spec, find_blocks(model)[0])
         return model

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import ConfigError, Method, MethodConfig, build_method, register_method
+from bitsweep.methods.core.registry import ConfigError, Method, MethodConfig, build_method, register_method
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def untie_lm_head(model: nn.Module, head: nn.Module) -> None:
 def rotate_model(model: nn.Module, seed: int = 0, online_down: bool = True,
                  rotate_ov: bool = True) -> dict[str, Any]:
     """Fuse norms and rotate the residual stream (in place); returns a summary."""
-    from .structure import StructureError, model_layout
+    from bitsweep.methods.core.structure import StructureError, model_layout
 
     try:
         lay = model_layout(model)
@@ -215,7 +215,7 @@ def rotate_model(model: nn.Module, seed: int = 0, online_down: bool = True,
 
 
 def _wrap_down(block: nn.Module, groups, seed: int) -> None:
-    from .qmodules import set_module
+    from bitsweep.methods.core.qmodules import set_module
 
     for g in groups:
         for n in g.linears:

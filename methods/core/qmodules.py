@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import QuantizedWeight, quantize_activation, quantize_weight
-from .spec import ActSpec, QuantSpec
+from bitsweep.methods.core.quantizers import QuantizedWeight, quantize_activation, quantize_weight
+from bitsweep.methods.core.spec import ActSpec, QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ActQuantizer(nn.Module):
         s = self.spec
         fmt_int = s.format == "int"
         if not fmt_int:
-            from .formats import get_format
+            from bitsweep.methods.core.formats import get_format
             g = s.group_size if s.granularity == "group" else -1
             flat = x.reshape(-1, x.shape[-1]).float()
             if s.granularity == "tensor":

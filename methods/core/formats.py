@@ -20,7 +20,7 @@ Contract
 
 Families and their exact semantics
 ----------------------------------
-* ``int``: INT-k, special-cased by :mod:`methods.quantizers` (integer codes + scale
+* ``int``: INT-k, special-cased by :mod:`bitsweep.methods.core.quantizers` (integer codes + scale
   + zero in GPTQ's convention so real kernels can pack them).
 * minifloats ``fp8_e4m3`` (OCP "fn": no inf, max 448), ``fp8_e5m2`` (IEEE-like,
   max 57344), ``fp6_e3m2`` (max 28), ``fp6_e2m3`` (max 7.5), ``fp4_e2m1``
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .registry import Registry
+from bitsweep.methods.core.registry import Registry
 
 FORMATS: Registry["NumberFormat"] = Registry("number format")
 
@@ -188,12 +188,12 @@ class NumberFormat:
 
 @dataclass(frozen=True)
 class IntFormat(NumberFormat):
-    """INT-k, symmetric or asymmetric; rounding is done by methods.quantizers."""
+    """INT-k, symmetric or asymmetric; rounding is done by bitsweep.methods.core.quantizers."""
 
     integer: bool = True
 
     def fake_quantize(self, x: torch.Tensor, group_size: int) -> torch.Tensor:
-        raise NotImplementedError("format 'int' needs bits/sym: use methods.quantizers")
+        raise NotImplementedError("format 'int' needs bits/sym: use bitsweep.methods.core.quantizers")
 
 
 @dataclass(frozen=True)

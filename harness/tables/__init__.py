@@ -1,0 +1,1 @@
+"""Paper tables: published cells with provenance, the sweeps that reproduce them, renders."""

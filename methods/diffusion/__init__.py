@@ -1,0 +1,1 @@
+"""Diffusion-specific quantization methods: one file per method."""

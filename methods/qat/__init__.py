@@ -1,0 +1,1 @@
+"""Quantization-aware training and quantized fine-tuning methods: one file per method."""

@@ -1,0 +1,1 @@
+"""Weight-activation PTQ methods and transforms (SmoothQuant, LLM.int8(), rotation, ...)."""
